@@ -1,0 +1,348 @@
+"""MobileNetV2 as a feature extractor (Sandler et al., 2018, https://arxiv.org/abs/1801.04381).
+
+The network is the paper's Table 2, kept below as data (``TABLE2``). Every knob the paper studies is
+an argument with the paper's value as default: the width multiplier (with the paper's rule for the
+last layer), the expansion factor, the output stride (by dilation, TF-Slim / DeepLab convention),
+the Figure 6 ablations (linear vs ReLU6 bottleneck; shortcut between bottlenecks, between
+expansions, or none) and the memory-efficient inference of section 5.1.
+
+Layer names follow the paper's reference code (TF-Slim ``V2_DEF``): ``layer1`` is the stem conv,
+``layer2`` ... ``layer18`` are the 17 bottleneck blocks, ``layer19`` is the final 1x1 conv;
+``layerN_expand`` is the output of bottleneck N's 1x1 expansion (after its ReLU6). Parameter names
+are torchvision's (``features.<i>.conv...``) so that its ``mobilenet_v2`` checkpoints load as they are.
+
+Example::
+
+    net = MobileNetV2(width_mult=1.0, out_features=("layer15_expand", "layer19"))
+    feats = net(torch.randn(1, 3, 320, 320))   # {"layer15_expand": (1, 576, 20, 20), "layer19": (1, 1280, 10, 10)}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["TABLE2", "FeatureInfo", "InvertedResidual", "MobileNetV2", "make_divisible", "feature_names"]
+
+# Paper Table 2, the bottleneck rows:  t (expansion), c (output channels), n (repeats), s (first stride).
+TABLE2: tuple[tuple[int, int, int, int], ...] = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+STEM_CHANNELS = 32  # Table 2, first row: conv2d 3x3, stride 2
+LAST_CHANNELS = 1280  # Table 2, conv2d 1x1 after the bottlenecks
+
+Shortcut = Literal["bottleneck", "expansion", "none"]
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round a channel count to a multiple of ``divisor``, never going down by more than 10 %.
+
+    The rounding both reference implementations apply to ``width_mult * c`` (TF-Slim
+    ``_make_divisible``, torchvision ``_utils._make_divisible``). Written out here because
+    torchvision's copy is private API and ``backbones`` depends on torch only.
+    """
+    min_value = divisor if min_value is None else min_value
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """One output of a backbone: its name, channel count and stride (reduction) w.r.t. the input."""
+
+    name: str
+    channels: int
+    stride: int
+
+
+class ConvBNAct(nn.Sequential):
+    """Conv2d -> BatchNorm2d -> optional ReLU6 (indices 0, 1, 2 as in torchvision's checkpoints)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        activation: bool = True,
+        bn_eps: float = 1e-5,
+        bn_momentum: float = 0.1,
+    ) -> None:
+        padding = (kernel_size - 1) // 2 * dilation
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=False),
+            nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum),
+        ]
+        if activation:
+            layers.append(nn.ReLU6(inplace=True))
+        super().__init__(*layers)
+
+
+class InvertedResidual(nn.Module):
+    """The bottleneck block of Table 1: 1x1 expansion + ReLU6, 3x3 depthwise + ReLU6, linear 1x1 projection.
+
+    Args:
+        in_channels, out_channels: narrow (bottleneck) widths.
+        stride: 1 or 2, on the depthwise conv.
+        expand_ratio: ``t``; the inner width is ``round(in_channels * t)``. With ``t == 1`` the
+            expansion conv is skipped, as in both reference implementations.
+        dilation: of the depthwise conv (output-stride control).
+        linear_bottleneck: ``False`` adds a ReLU6 after the projection (Figure 6a ablation).
+        shortcut: where the residual connection goes when ``stride == 1`` and the widths match
+            (section 3.3). ``"bottleneck"`` (the paper's choice) adds the block input to the
+            projection output; ``"expansion"`` joins the wide tensors instead: the expansion output
+            is added to the depthwise output, before the projection (Figure 6b, "shortcut between
+            expansions"; the paper gives no exact wiring, this is the in-block reading);
+            ``"none"`` removes it.
+        memory_efficient_splits: section 5.1: in eval mode compute the block as the sum of this many
+            slices of the inner tensor, so that only ``1/splits`` of it is alive at a time.
+            Same outputs, same multiply-adds; ``1`` (default) is the plain computation.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        expand_ratio: float,
+        dilation: int = 1,
+        linear_bottleneck: bool = True,
+        shortcut: Shortcut = "bottleneck",
+        memory_efficient_splits: int = 1,
+        bn_eps: float = 1e-5,
+        bn_momentum: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2, got {stride}")
+        if shortcut not in ("bottleneck", "expansion", "none"):
+            raise ValueError(f"shortcut must be 'bottleneck', 'expansion' or 'none', got {shortcut!r}")
+        hidden = int(round(in_channels * expand_ratio))
+        self.in_channels, self.out_channels, self.hidden_channels = in_channels, out_channels, hidden
+        self.stride = stride
+        self.has_expansion = expand_ratio != 1
+        can_add = stride == 1 and in_channels == out_channels
+        self.use_res_connect = can_add and shortcut == "bottleneck"
+        self.use_expansion_shortcut = can_add and shortcut == "expansion" and self.has_expansion
+        self.memory_efficient_splits = int(memory_efficient_splits)
+        if not 1 <= self.memory_efficient_splits <= hidden:
+            raise ValueError(f"memory_efficient_splits must be in [1, {hidden}], got {memory_efficient_splits}")
+        bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
+        layers: list[nn.Module] = []
+        if self.has_expansion:
+            layers.append(ConvBNAct(in_channels, hidden, kernel_size=1, **bn))
+        layers += [
+            ConvBNAct(hidden, hidden, 3, stride, dilation, groups=hidden, **bn),
+            nn.Conv2d(hidden, out_channels, 1, bias=False),
+            nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum),
+        ]
+        if not linear_bottleneck:
+            layers.append(nn.ReLU6(inplace=True))  # no parameters: checkpoint keys are unchanged
+        self.conv = nn.Sequential(*layers)  # named "conv" as in torchvision's checkpoints
+
+    def expand(self, x: torch.Tensor) -> torch.Tensor:
+        """The expansion output (the ``layerN_expand`` tap); the input itself when ``t == 1``."""
+        return self.conv[0](x) if self.has_expansion else x
+
+    def forward_from_expansion(self, x: torch.Tensor, expanded: torch.Tensor) -> torch.Tensor:
+        """Finish the block from its input ``x`` and its expansion output."""
+        first = 1 if self.has_expansion else 0
+        inner = self.conv[first](expanded)
+        if self.use_expansion_shortcut:
+            inner = inner + expanded
+        out = self.conv[first + 1 :](inner)
+        return x + out if self.use_res_connect else out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.memory_efficient_splits > 1 and not self.training and self.has_expansion:
+            return self._forward_split(x)
+        return self.forward_from_expansion(x, self.expand(x))
+
+    def _forward_split(self, x: torch.Tensor) -> torch.Tensor:
+        # Section 5.1: F(x) = sum_i (B_i o N o A_i)(x) over slices i of the inner channels. The
+        # expansion BN + ReLU6 and the depthwise conv + BN + ReLU6 are per channel, so each slice is
+        # exact; the projection is linear, so its partial outputs add up before its BN. Eval only:
+        # the BNs use their running statistics.
+        expand_conv, expand_bn = self.conv[0][0], self.conv[0][1]
+        dw_conv, dw_bn = self.conv[1][0], self.conv[1][1]
+        project, project_bn, *post = self.conv[2:]
+        total = None
+        for idx in torch.arange(self.hidden_channels, device=x.device).tensor_split(self.memory_efficient_splits):
+            lo, hi = int(idx[0]), int(idx[-1]) + 1
+            e = F.relu6(_bn_slice(F.conv2d(x, expand_conv.weight[lo:hi]), expand_bn, lo, hi))
+            d = F.conv2d(e, dw_conv.weight[lo:hi], None, dw_conv.stride, dw_conv.padding, dw_conv.dilation, hi - lo)
+            d = F.relu6(_bn_slice(d, dw_bn, lo, hi))
+            if self.use_expansion_shortcut:
+                d = d + e
+            part = F.conv2d(d, project.weight[:, lo:hi])
+            total = part if total is None else total + part
+        out = project_bn(total)
+        for module in post:
+            out = module(out)
+        return x + out if self.use_res_connect else out
+
+
+def _bn_slice(x: torch.Tensor, bn: nn.BatchNorm2d, lo: int, hi: int) -> torch.Tensor:
+    return F.batch_norm(
+        x, bn.running_mean[lo:hi], bn.running_var[lo:hi], bn.weight[lo:hi], bn.bias[lo:hi], False, 0.0, bn.eps
+    )
+
+
+def feature_names(num_blocks: int = sum(n for _, _, n, _ in TABLE2)) -> list[str]:
+    """All tap names in network order: layer1, layer2, layer3_expand, layer3, ..., layer19."""
+    names = ["layer1", "layer2"]  # layer2 (t = 1) has no expansion
+    for n in range(3, num_blocks + 2):
+        names += [f"layer{n}_expand", f"layer{n}"]
+    return names + [f"layer{num_blocks + 2}"]
+
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2 feature extractor returning a dict of named feature maps.
+
+    Args:
+        width_mult: width multiplier (section 4). All widths are ``make_divisible(c * width_mult)``;
+            the last conv keeps 1280 channels for ``width_mult < 1`` ("we apply width multiplier to
+            all layers except the very last convolutional layer") and grows above 1.
+        out_features: tap names to return (see module docstring). The network is built only up to
+            the deepest one, so e.g. ``("layer18",)`` has no 1280-channel conv.
+        output_stride: 32, 16 or 8. Strides beyond it are replaced by dilation, TF-Slim/DeepLab
+            convention: the block whose stride is removed keeps the current rate, the blocks after
+            it are dilated by the accumulated stride.
+        expand_ratio: the expansion factor ``t`` of every row of Table 2 that has ``t != 1``
+            (the paper: "rates between 5 and 10 give nearly identical performance"; default 6).
+        linear_bottleneck, shortcut, memory_efficient_splits: see :class:`InvertedResidual`.
+        freeze_bn: keep every BatchNorm in eval mode with frozen affine parameters (for
+            fine-tuning with small batches).
+        bn_eps, bn_momentum: BatchNorm settings (PyTorch defaults; TF used eps 1e-3, decay 0.997).
+        round_nearest: channel rounding (8 in both reference implementations).
+        inverted_residual_setting: replace Table 2's ``(t, c, n, s)`` rows.
+        in_channels: image channels.
+    """
+
+    def __init__(
+        self,
+        width_mult: float = 1.0,
+        out_features: Sequence[str] = ("layer19",),
+        output_stride: int = 32,
+        expand_ratio: float = 6,
+        linear_bottleneck: bool = True,
+        shortcut: Shortcut = "bottleneck",
+        memory_efficient_splits: int = 1,
+        freeze_bn: bool = False,
+        bn_eps: float = 1e-5,
+        bn_momentum: float = 0.1,
+        round_nearest: int = 8,
+        inverted_residual_setting: Sequence[Sequence[int]] | None = None,
+        in_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        if width_mult <= 0:
+            raise ValueError(f"width_mult must be positive, got {width_mult}")
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        setting = [tuple(row) for row in (inverted_residual_setting or TABLE2)]
+        if not setting or any(len(row) != 4 for row in setting):
+            raise ValueError("inverted_residual_setting must be a non-empty list of (t, c, n, s) rows")
+        if isinstance(out_features, str):
+            out_features = (out_features,)
+        num_blocks = sum(n for _, _, n, _ in setting)
+        all_names = feature_names(num_blocks)
+        unknown = [name for name in out_features if name not in all_names]
+        if unknown or not out_features:
+            raise ValueError(f"unknown out_features {unknown or list(out_features)}; choose from {all_names}")
+        self.width_mult = width_mult
+        self.output_stride = output_stride
+        self.out_features = tuple(out_features)
+        self.freeze_bn = freeze_bn
+        last_needed = max(int(name.split("_")[0][len("layer") :]) for name in self.out_features)
+
+        bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
+        channels = make_divisible(STEM_CHANNELS * width_mult, round_nearest)
+        layers: list[nn.Module] = [ConvBNAct(in_channels, channels, 3, stride=2, **bn)]
+        info = {"layer1": FeatureInfo("layer1", channels, 2)}
+        current_stride, rate = 2, 1
+        for t, c, n, s in setting:
+            out_channels = make_divisible(c * width_mult, round_nearest)
+            t = t if t == 1 else expand_ratio
+            for i in range(n):
+                if len(layers) >= last_needed:
+                    break
+                stride = s if i == 0 else 1
+                layer = f"layer{len(layers) + 1}"
+                if t != 1:  # the expansion runs at the block's input resolution
+                    hidden = int(round(channels * t))
+                    info[f"{layer}_expand"] = FeatureInfo(f"{layer}_expand", hidden, current_stride)
+                if stride > 1 and current_stride >= output_stride:
+                    block_rate, stride, rate = rate, 1, rate * stride
+                else:
+                    block_rate, current_stride = rate, current_stride * stride
+                layers.append(
+                    InvertedResidual(
+                        channels, out_channels, stride, t, block_rate, linear_bottleneck, shortcut,
+                        memory_efficient_splits if t != 1 else 1, **bn,
+                    )
+                )
+                info[layer] = FeatureInfo(layer, out_channels, current_stride)
+                channels = out_channels
+        if last_needed == num_blocks + 2:
+            last = make_divisible(LAST_CHANNELS * max(1.0, width_mult), round_nearest)
+            layers.append(ConvBNAct(channels, last, kernel_size=1, **bn))
+            info[f"layer{len(layers)}"] = FeatureInfo(f"layer{len(layers)}", last, current_stride)
+        self.features = nn.Sequential(*layers)  # named "features" as in torchvision's checkpoints
+        self.feature_info: list[FeatureInfo] = [info[name] for name in self.out_features]
+        self._init_weights()
+        if freeze_bn:
+            for module in self.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.requires_grad_(False)
+
+    @property
+    def num_features(self) -> int:
+        """Channels of the last requested feature map."""
+        return self.feature_info[-1].channels
+
+    def _init_weights(self) -> None:
+        # torchvision's MobileNetV2 initialisation (kaiming fan-out convs, unit BN).
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def train(self, mode: bool = True) -> "MobileNetV2":
+        super().train(mode)
+        if self.freeze_bn:
+            for module in self.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        wanted = set(self.out_features)
+        out: dict[str, torch.Tensor] = {}
+        for index, layer in enumerate(self.features, start=1):
+            name = f"layer{index}"
+            if isinstance(layer, InvertedResidual) and f"{name}_expand" in wanted:
+                expanded = layer.expand(x)
+                out[f"{name}_expand"] = expanded
+                x = layer.forward_from_expansion(x, expanded)
+            else:
+                x = layer(x)
+            if name in wanted:
+                out[name] = x
+        return {name: out[name] for name in self.out_features}
