@@ -1,0 +1,26 @@
+#!/usr/bin/env python
+"""Train a task on the embedded synthetic data or on real data.
+
+    python tools/train.py task=classification                              # synthetic default
+    python tools/train.py task=classification data=imagenet data.root=/data/imagenet trainer=ddp trainer.devices=8
+    python tools/train.py experiment=paper_imagenet data.root=/data/imagenet
+    python tools/train.py task=classification ckpt_path=runs/.../checkpoints/last.ckpt   # resume
+
+Configs are in configs/ (Hydra); any key can be overridden (trainer.max_epochs=3, model.width_mult=0.5).
+"""
+
+import sys
+
+import hydra
+
+from vision_tasks.runner import check_choices, train
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+def main(cfg) -> None:
+    train(cfg)
+
+
+if __name__ == "__main__":
+    check_choices(sys.argv[1:])
+    main()

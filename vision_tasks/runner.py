@@ -1,0 +1,175 @@
+"""What ``tools/train.py`` and ``tools/test.py`` do with a composed Hydra config.
+
+Kept out of the scripts so tests and other programs can call :func:`train` / :func:`test` with a
+config composed in-process.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.utilities import rank_zero_only
+from torch import nn
+
+import backbones
+
+from .callbacks import RunArtifacts
+from .checkpoints import model_from_checkpoint, read_checkpoint_meta
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+__all__ = ["CONFIG_DIR", "check_choices", "train", "test"]
+
+
+def check_choices(overrides: list[str], config_dir: Path = CONFIG_DIR) -> None:
+    """Refuse a ``data=`` source that the chosen ``task=`` has no reader for, listing the choices.
+
+    Hydra's own message for this case ("Could not find 'datamodule/<task>/<data>'") names neither
+    key, so the scripts check it first.
+    """
+    choice = {"task": "classification", "data": "synthetic"}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if sep and key in choice:
+            choice[key] = value
+    available = sorted(p.stem for p in (config_dir / "datamodule" / choice["task"]).glob("*.yaml"))
+    if available and choice["data"] not in available:
+        raise SystemExit(
+            f"error: data={choice['data']} is not available for task={choice['task']}; choose one of: {', '.join(available)}"
+        )
+
+
+def _datamodule(cfg: DictConfig, stage: str) -> pl.LightningDataModule:
+    """Instantiate the data module and check the data now, before any model is built or trained."""
+    datamodule = instantiate(cfg.data, _convert_="all")  # plain lists: checkpoints stay weights_only-loadable
+    if rank_zero_only.rank == 0:
+        datamodule.prepare_data()  # e.g. generates the synthetic set; Lightning repeats it as a no-op
+    datamodule.setup(stage)
+    return datamodule
+
+
+def _model(cfg: DictConfig, datamodule: pl.LightningDataModule) -> nn.Module:
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    data_classes = getattr(datamodule, "num_classes", None)
+    if "num_classes" in model_cfg:
+        if model_cfg["num_classes"] is None:
+            model_cfg["num_classes"] = data_classes
+        elif data_classes is not None and model_cfg["num_classes"] != data_classes:
+            raise ValueError(
+                f"model.num_classes={model_cfg['num_classes']} but the dataset at data.root has {data_classes} "
+                "classes; set model.num_classes=null to take the dataset's"
+            )
+    return instantiate(model_cfg)
+
+
+def _load_initial_weights(model: nn.Module, path: str) -> None:
+    """Start training from a state-dict file; only a classifier head of another size may differ."""
+    report = backbones.load_weights(model, path, strict=False)
+    problems = [k for k in report.missing + report.unexpected + report.mismatched if not k.startswith("head.")]
+    if problems:
+        raise backbones.WeightsError(f"weights={path} does not fit the model:\n  " + "\n  ".join(problems[:12]))
+    skipped = [k.split(":")[0] for k in report.missing + report.mismatched]
+    if skipped:
+        log.warning("weights=%s: the head was not loaded (%s); it starts from scratch", path, ", ".join(skipped))
+
+
+def _trainer(cfg: DictConfig, task: pl.LightningModule, run_dir: Path, **kwargs: Any) -> pl.Trainer:
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    on_cpu = trainer_cfg.get("accelerator") == "cpu" or (
+        trainer_cfg.get("accelerator") == "auto" and not torch.cuda.is_available()
+    )
+    if trainer_cfg.get("sync_batchnorm") and on_cpu:
+        log.info("trainer.sync_batchnorm: PyTorch's SyncBatchNorm runs on CUDA only; off for this CPU run")
+        trainer_cfg["sync_batchnorm"] = False
+    return instantiate(trainer_cfg, default_root_dir=str(run_dir), **kwargs)
+
+
+def _save_config(cfg: DictConfig, run_dir: Path) -> None:
+    if rank_zero_only.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def _check_run_dir(run_dir: Path, ckpt_path: str | None) -> None:
+    """Never write over another run's checkpoints; resuming a run in its own directory is allowed."""
+    existing = sorted((run_dir / "checkpoints").glob("*.ckpt"))
+    resuming_here = ckpt_path is not None and Path(ckpt_path).resolve().parent == (run_dir / "checkpoints").resolve()
+    if existing and not resuming_here:
+        raise FileExistsError(
+            f"run directory {run_dir} already holds checkpoints ({', '.join(p.name for p in existing)}); choose another "
+            f"hydra.run.dir, or resume that run with ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
+        )
+
+
+def train(cfg: DictConfig) -> Path:
+    """Train the configured task; returns the run directory.
+
+    The run directory receives ``config.yaml`` (resolved), ``checkpoints/{last,best}.ckpt``,
+    ``metrics.json`` (final validation metrics), ``logs/metrics.csv`` and ``curves.png``.
+    """
+    run_dir = Path(cfg.run_dir)
+    task_cls = get_class(cfg.task._target_)
+    if cfg.ckpt_path:  # refuse a wrong or foreign checkpoint now, not after setting everything up
+        read_checkpoint_meta(cfg.ckpt_path, expected_task=task_cls.name)
+    _check_run_dir(run_dir, cfg.ckpt_path)
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = _datamodule(cfg, "fit")
+    model = _model(cfg, datamodule)
+    if cfg.weights:
+        _load_initial_weights(model, cfg.weights)
+    task = instantiate(cfg.task, model=model, _convert_="all")
+
+    callbacks: list[pl.Callback] = [
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=task.monitor, mode="max",
+                        save_last=True, enable_version_counter=False),
+        LearningRateMonitor(logging_interval="epoch"),
+        RunArtifacts(str(run_dir)),
+    ]
+    if cfg.ema_decay:
+        callbacks.append(EMAWeightAveraging(decay=cfg.ema_decay))
+    callbacks += [instantiate(c, _convert_="all") for c in cfg.callbacks.values()]
+    logger = CSVLogger(str(run_dir), name="logs", version="")
+    trainer = _trainer(cfg, task, run_dir, callbacks=callbacks, logger=logger)
+    _save_config(cfg, run_dir)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    if trainer.is_global_zero:
+        print(f"run directory: {run_dir.resolve()}")
+    return run_dir
+
+
+def test(cfg: DictConfig) -> dict[str, float]:
+    """Evaluate ``ckpt_path=`` (a training checkpoint) or ``weights=`` (a state-dict file) on ``data``.
+
+    Writes ``metrics.json`` (``val/...`` keys, as training does) and the resolved ``config.yaml``
+    into the run directory and returns the metrics.
+    """
+    run_dir = Path(cfg.run_dir)
+    task_cls = get_class(cfg.task._target_)
+    if bool(cfg.ckpt_path) == bool(cfg.weights):
+        raise ValueError("tools/test.py needs exactly one of ckpt_path=CHECKPOINT or weights=STATE_DICT_FILE")
+    if cfg.ckpt_path:
+        model, meta = model_from_checkpoint(cfg.ckpt_path, expected_task=task_cls.name)
+    datamodule = _datamodule(cfg, "validate")
+    if cfg.weights:
+        model = _model(cfg, datamodule)
+        backbones.load_weights(model, cfg.weights)
+    data_classes = getattr(datamodule, "num_classes", None)
+    if data_classes is not None and getattr(model, "num_classes", data_classes) != data_classes:
+        raise ValueError(f"the model predicts {model.num_classes} classes but the dataset has {data_classes}")
+    task = instantiate(cfg.task, model=model, optimizer=None, scheduler=None, _convert_="all")
+    trainer = _trainer(cfg, task, run_dir, callbacks=[RunArtifacts(str(run_dir))], logger=False)
+    _save_config(cfg, run_dir)
+    results = trainer.validate(task, datamodule=datamodule)
+    if trainer.is_global_zero:
+        print(f"run directory: {run_dir.resolve()}")
+    return results[0] if results else {}

@@ -1,0 +1,8 @@
+"""One LightningModule per task, each the training recipe around a plain model."""
+
+from .base import CHECKPOINT_KEY, VisionTask
+from .classification import ClassificationTask
+
+TASKS: dict[str, type[VisionTask]] = {cls.name: cls for cls in (ClassificationTask,)}
+
+__all__ = ["CHECKPOINT_KEY", "TASKS", "ClassificationTask", "VisionTask"]

@@ -1,0 +1,86 @@
+"""What every task's LightningModule shares: the injected model, optimizer and schedule, checkpoint metadata."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from ..optim import param_groups
+
+OptimizerFactory = Callable[[Iterable], Optimizer]
+SchedulerFactory = Callable[[Optimizer], LRScheduler]
+
+CHECKPOINT_KEY = "vision_tasks"  # checkpoint entry with the task name, model class/config and class names
+
+
+class VisionTask(pl.LightningModule):
+    """Base LightningModule: the training recipe around a plain ``model``.
+
+    The model, the optimizer and the scheduler are injected (``optimizer`` and ``scheduler`` are
+    callables: Hydra ``_partial_: true`` objects or LightningCLI ``class_path`` entries), so the same
+    recipe is reachable from both front ends. Subclasses set ``name`` (the task name used by the
+    configs) and ``monitor`` (the metric that selects the best checkpoint, maximised).
+
+    Checkpoints carry ``checkpoint["vision_tasks"]`` = task name, model class, model config and
+    class names, so ``tools/test.py`` rebuilds the model from the checkpoint alone and refuses a
+    checkpoint of another task.
+    """
+
+    name: str = ""
+    monitor: str = ""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        scheduler_interval: str = "epoch",
+        norm_weight_decay: float | None = None,
+    ) -> None:
+        super().__init__()
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.norm_weight_decay = norm_weight_decay
+        self.class_names: list[str] | None = None
+
+    def forward(self, images: torch.Tensor) -> Any:
+        return self.model(images)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        names = getattr(datamodule, "class_names", None) if datamodule is not None else None
+        if names is not None:
+            self.class_names = list(names)
+
+    def configure_optimizers(self):
+        if self.optimizer_factory is None:
+            raise ValueError(f"{type(self).__name__} needs an optimizer to train (config key task.optimizer)")
+        optimizer = self.optimizer_factory(param_groups(self.model, self.norm_weight_decay))
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {
+            "task": self.name,
+            "model_class": type(self.model).__name__,
+            "model_config": dict(getattr(self.model, "config", {})),
+            "class_names": self.class_names,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get(CHECKPOINT_KEY)
+        if meta is not None and meta.get("task") != self.name:
+            raise ValueError(f"this checkpoint was trained for task {meta.get('task')!r}, not {self.name!r}")
+        if meta is not None and meta.get("class_names"):
+            self.class_names = list(meta["class_names"])
