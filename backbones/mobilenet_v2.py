@@ -302,6 +302,10 @@ class MobileNetV2(nn.Module):
             last = make_divisible(LAST_CHANNELS * max(1.0, width_mult), round_nearest)
             layers.append(ConvBNAct(channels, last, kernel_size=1, **bn))
             info[f"layer{len(layers)}"] = FeatureInfo(f"layer{len(layers)}", last, current_stride)
+        absent = [name for name in self.out_features if name not in info]
+        if absent:  # layerN_expand of a block without expansion (t == 1, e.g. expand_ratio=1)
+            raise ValueError(f"out_features {absent} do not exist in this network (blocks with t == 1 have no "
+                             f"expansion); choose from {list(info)}")
         self.features = nn.Sequential(*layers)  # named "features" as in torchvision's checkpoints
         self.feature_info: list[FeatureInfo] = [info[name] for name in self.out_features]
         self._init_weights()

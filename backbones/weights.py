@@ -134,7 +134,8 @@ def load_weights(
             f"(file keys start {sorted(state)[:3]}, model keys {sorted(target)[:3]}): a file of another architecture?"
         )
     if strict and (missing or unexpected or mismatched):
-        raise WeightsError(f"{name} does not fit {type(module).__name__} (nothing was loaded):\n" + _describe(report))
+        hint = " Most shapes differ: a file of another width or configuration?" if len(mismatched) > len(target) // 2 else ""
+        raise WeightsError(f"{name} does not fit {type(module).__name__} (nothing was loaded).{hint}\n" + _describe(report))
     module.load_state_dict(new_state, strict=False)
     return report
 

@@ -1,0 +1,50 @@
+"""Shared fixtures: a tiny synthetic dataset and a helper to run the tools in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A synthetic set and model small enough for end-to-end runs in seconds on 2 CPU cores.
+TINY = [
+    "data.num_train_per_class=6",
+    "data.num_val_per_class=3",
+    "data.synthetic_image_size=32",
+    "data.image_size=32",
+    "data.resize_size=32",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "model.width_mult=0.35",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=2",
+    "trainer.enable_progress_bar=false",
+]
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """A session-wide VISION_TASKS_DATA, so the synthetic sets are generated once."""
+    return tmp_path_factory.mktemp("vision_tasks_data")
+
+
+@pytest.fixture()
+def env(data_dir, monkeypatch) -> dict[str, str]:
+    monkeypatch.setenv("VISION_TASKS_DATA", str(data_dir))
+    environ = dict(os.environ, VISION_TASKS_DATA=str(data_dir), PYTHONPATH=str(ROOT / "tests"))
+    environ.pop("CUDA_VISIBLE_DEVICES", None)
+    return environ
+
+
+def run_tool(args: list[str], env: dict[str, str], cwd: Path = ROOT, expect_ok: bool = True, timeout: int = 600):
+    """Run ``python <args>`` and return the CompletedProcess; fail with its output when the exit code is unexpected."""
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if (proc.returncode == 0) != expect_ok:
+        pytest.fail(f"`python {' '.join(args)}` exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}")
+    return proc

@@ -1,0 +1,228 @@
+"""Parameter and multiply-add counts of this project's models beside the paper's and the references'.
+
+Counting convention (PAPER.md section 9, ``vision_tasks.stats``): params include BN affine
+(torchvision's convention); MAdds are the multiply-adds of convolutions and linear layers for one
+image, FlopCounterMode FLOPs / 2. The TF-Slim checkpoint table counts params without BN and with
+1001 classes, so it is compared with our count in that convention.
+
+Each table is a "section": a title, its columns and a function that returns its rows. Later models
+(SSDLite, paper Tables 5/6; DeepLabv3, Table 7) add a section to ``SECTIONS``.
+
+Usage::
+
+    python tools/model_stats.py                                  # every section, paper defaults
+    python tools/model_stats.py --section classification --resolution 224 192 160 128 96
+    python tools/model_stats.py --json stats.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from vision_tasks.models import mobilenet_v2_classifier  # noqa: E402
+from vision_tasks.stats import MADD_OPS, count_params, flops_by_op  # noqa: E402
+
+# ---------------------------------------------------------------------------------------------
+# Reference numbers (PAPER.md section 1.5).
+
+# [SLIM-README] checkpoint table: (width, resolution) -> (MACs in M, params in M; no BN, 1001 classes).
+SLIM_CHECKPOINTS: dict[tuple[float, int], tuple[float, float]] = {
+    (1.4, 224): (582, 6.06),
+    (1.3, 224): (509, 5.34),
+    (1.0, 224): (300, 3.47), (1.0, 192): (221, 3.47), (1.0, 160): (154, 3.47),
+    (1.0, 128): (99, 3.47), (1.0, 96): (56, 3.47),
+    (0.75, 224): (209, 2.61), (0.75, 192): (153, 2.61), (0.75, 160): (107, 2.61),
+    (0.75, 128): (69, 2.61), (0.75, 96): (39, 2.61),
+    (0.5, 224): (97, 1.95), (0.5, 192): (71, 1.95), (0.5, 160): (50, 1.95),
+    (0.5, 128): (32, 1.95), (0.5, 96): (18, 1.95),
+    (0.35, 224): (59, 1.66), (0.35, 192): (43, 1.66), (0.35, 160): (30, 1.66),
+    (0.35, 128): (20, 1.66), (0.35, 96): (11, 1.66),
+}
+# [CALC] analytic MACs at 224 (M).
+CALC_MACS_224: dict[float, float] = {1.4: 582.2, 1.3: 509.4, 1.0: 300.8, 0.75: 209.1, 0.5: 97.1, 0.35: 59.3}
+
+# ---------------------------------------------------------------------------------------------
+# Table machinery shared by all sections.
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    header: str
+    fmt: Callable[[Any], str] = str
+
+
+@dataclass
+class Section:
+    name: str
+    title: str
+    columns: list[Column]
+    rows: Callable[[argparse.Namespace], list[dict[str, Any]]]
+    notes: list[str] = field(default_factory=list)
+
+
+def rel_diff(ours: float | None, ref: float | None) -> float | None:
+    """Relative difference ``ours / ref - 1`` (None when either is missing)."""
+    if ours is None or ref is None or ref == 0:
+        return None
+    return ours / ref - 1.0
+
+
+def _fmt_int(v: Any) -> str:
+    return "-" if v is None else f"{v:,}"
+
+
+def _fmt_m(digits: int) -> Callable[[Any], str]:
+    return lambda v: "-" if v is None else f"{v / 1e6:.{digits}f}"
+
+
+def _fmt_ref(digits: int) -> Callable[[Any], str]:
+    return lambda v: "-" if v is None else f"{v:.{digits}f}"
+
+
+def _fmt_pct(v: Any) -> str:
+    return "-" if v is None else f"{100 * v:+.2f}%"
+
+
+def format_table(section: Section, rows: list[dict[str, Any]]) -> str:
+    cells = [[c.header for c in section.columns]] + [[c.fmt(r.get(c.key)) for c in section.columns] for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(section.columns))]
+
+    def line(values: list[str]) -> str:
+        # first column left-aligned (the model name), numbers right-aligned
+        return "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths)))
+
+    out = [section.title, line(cells[0]), "  ".join("-" * w for w in widths)]
+    out += [line(values) for values in cells[1:]]
+    out += [f"  {note}" for note in section.notes]
+    return "\n".join(out)
+
+
+def measure_madds(model, resolution: int) -> tuple[int, list[str]]:
+    """MAdds of ``model`` at ``resolution`` and every operator FlopCounterMode counted.
+
+    Only convolutions and matrix multiplies (``vision_tasks.stats.MADD_OPS``) are summed; the
+    operator list lets the table show that nothing else (BN, pooling, activations) was counted.
+    """
+    flops = flops_by_op(model, resolution)
+    return sum(n for op, n in flops.items() if op in MADD_OPS) // 2, sorted(flops)
+
+
+# ---------------------------------------------------------------------------------------------
+# Section: ImageNet classification (paper Table 2 / Figure 5 / Table 4, Slim checkpoint table).
+
+
+def classification_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    import torchvision
+
+    rows = []
+    for width in args.widths:
+        ours = mobilenet_v2_classifier(num_classes=args.num_classes, width_mult=width)
+        tv = torchvision.models.mobilenet_v2(num_classes=args.num_classes, width_mult=width)
+        slim_convention = count_params(mobilenet_v2_classifier(num_classes=1001, width_mult=width), exclude_norm=True)
+        params, tv_params = count_params(ours), count_params(tv)
+        for resolution in args.resolution:
+            (madds, ops), (tv_madds, _) = measure_madds(ours, resolution), measure_madds(tv, resolution)
+            slim_macs, slim_params = SLIM_CHECKPOINTS.get((width, resolution), (None, None))
+            calc = CALC_MACS_224.get(width) if resolution == 224 else None
+            rows.append(
+                dict(
+                    section="classification", model=f"MobileNetV2 {width}", width=width, resolution=resolution,
+                    num_classes=args.num_classes, params=params, tv_params=tv_params,
+                    d_tv_params=rel_diff(params, tv_params), params_slim_convention=slim_convention,
+                    slim_params_m=slim_params, d_slim_params=rel_diff(slim_convention / 1e6, slim_params),
+                    madds=madds, tv_madds=tv_madds, d_tv_madds=rel_diff(madds, tv_madds),
+                    slim_macs_m=slim_macs, d_slim_macs=rel_diff(madds / 1e6, slim_macs),
+                    calc_macs_m=calc, d_calc_macs=rel_diff(madds / 1e6, calc), flop_ops=ops,
+                )
+            )
+    return rows
+
+
+CLASSIFICATION = Section(
+    name="classification",
+    title="MobileNetV2 classifier (paper Table 2; Slim checkpoint table, PAPER.md 1.5)",
+    columns=[
+        Column("model", "model"),
+        Column("resolution", "res"),
+        Column("params", "params", _fmt_int),
+        Column("tv_params", "torchvision", _fmt_int),
+        Column("d_tv_params", "d", _fmt_pct),
+        Column("params_slim_convention", "params*(M)", _fmt_m(3)),
+        Column("slim_params_m", "Slim(M)", _fmt_ref(2)),
+        Column("d_slim_params", "d", _fmt_pct),
+        Column("madds", "MAdds(M)", _fmt_m(2)),
+        Column("tv_madds", "torchvision", _fmt_m(2)),
+        Column("d_tv_madds", "d", _fmt_pct),
+        Column("slim_macs_m", "Slim(M)", _fmt_ref(0)),
+        Column("d_slim_macs", "d", _fmt_pct),
+        Column("calc_macs_m", "[CALC](M)", _fmt_ref(1)),
+        Column("d_calc_macs", "d", _fmt_pct),
+    ],
+    rows=classification_rows,
+    notes=[
+        "params: all parameters incl. BN, --num-classes classes (torchvision's convention); torchvision = "
+        "torchvision.models.mobilenet_v2(width_mult=w).",
+        "params*: ours without BN and with 1001 classes, the Slim table's convention (Slim: 2 decimals).",
+        "MAdds: conv + linear multiply-adds for one image (FlopCounterMode FLOPs / 2). Slim: checkpoint "
+        "table MACs; [CALC]: analytic count at 224. d = ours / reference - 1.",
+        "Paper text [P]: 1.0 -> 3.4M params / 300M MAdds; 1.4 -> 6.9M / 585M (the 1.4 params do not "
+        "match the released architecture, PAPER.md 1.5 DISCREPANCIES).",
+    ],
+)
+
+SECTIONS: dict[str, Section] = {s.name: s for s in (CLASSIFICATION,)}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Print params and multiply-adds of the project's models beside the paper's numbers.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--section", choices=[*SECTIONS, "all"], default="all", help="which table to print")
+    parser.add_argument("--resolution", type=int, nargs="+", default=[224], help="input sizes (square)")
+    parser.add_argument("--widths", type=float, nargs="+", default=[0.35, 0.5, 0.75, 1.0, 1.4],
+                        help="width multipliers (classification)")
+    parser.add_argument("--num-classes", type=int, default=1000, help="classifier outputs")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the rows as JSON")
+    args = parser.parse_args(argv)
+    if any(r < 32 for r in args.resolution):
+        parser.error(f"--resolution values must be >= 32, got {args.resolution}")
+    if any(w <= 0 for w in args.widths):
+        parser.error(f"--widths must be positive, got {args.widths}")
+    if args.num_classes < 1:
+        parser.error(f"--num-classes must be >= 1, got {args.num_classes}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    args = parse_args(argv)
+    sections = list(SECTIONS.values()) if args.section == "all" else [SECTIONS[args.section]]
+    all_rows: list[dict[str, Any]] = []
+    for i, section in enumerate(sections):
+        rows = section.rows(args)
+        if i:
+            print()
+        print(format_table(section, rows))
+        ops = sorted({op for r in rows for op in r.get("flop_ops", ())})
+        if ops:
+            extra = [op for op in ops if op not in MADD_OPS]
+            print(f"  FlopCounterMode counted these operators: {', '.join(ops)}"
+                  + (f" (left out of MAdds: {', '.join(extra)})" if extra else " (all conv/matmul)"))
+        all_rows += rows
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(all_rows, indent=2) + "\n")
+        print(f"\nwrote {len(all_rows)} rows to {args.json}")
+    return all_rows
+
+
+if __name__ == "__main__":
+    main()
