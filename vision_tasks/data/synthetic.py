@@ -1,0 +1,563 @@
+"""Procedural shape datasets, written once to disk in the real formats so the real readers serve them.
+
+Every task's embedded default dataset is drawn here from a seed: one of :data:`SHAPES` per image for
+classification (ImageFolder layout); later several shapes per image for detection (COCO JSON) and
+segmentation (VOC PNG masks). Only the shape outline carries the class: size, position, rotation,
+fill (colour and texture), background and distractors are random nuisances, so a model has to learn
+shape to score well, and a broken pipeline (labels shuffled, wrong normalisation) shows up as chance
+accuracy.
+
+The drawing is built from small primitives that the other formats reuse:
+
+- :func:`shape_coverage` / :func:`shape_mask`: a shape of a class inscribed in a box, rotated, as
+  anti-aliased coverage in ``[0, 1]`` / a boolean mask over the whole canvas. Masks (and with
+  :func:`mask_bbox` tight boxes) come for free; partial coverage marks the VOC "ignore" border.
+- :func:`random_background`, :func:`add_distractors`, :func:`contrasting_fill`, :func:`composite`:
+  the canvas, clutter that is no shape of the list, a textured fill chosen to stand out from what
+  lies under the shape, and alpha blending of the fill through the coverage.
+- :func:`render_shapes`: the whole picture for a list of (class, box), with each shape's *visible*
+  coverage after occlusion by later shapes.
+
+Each image draws from its own generator, seeded by ``(seed, split, class, index)``, so an image does
+not depend on how many others are generated or in which order. Datasets are written into a
+temporary sibling folder and renamed into place, with a ``synthetic.json`` manifest; an existing
+folder is reused only when its manifest has the same parameters, and a folder the generator did not
+write is never touched.
+
+Example::
+
+    root = generate_classification(synthetic_root("classification"), num_train_per_class=300)
+    # root/train/circle/00000.png ... root/val/crescent/00049.png, root/synthetic.json
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import hashlib
+import inspect
+import json
+import math
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .errors import DataError
+
+__all__ = [
+    "GENERATOR_VERSION",
+    "MANIFEST_NAME",
+    "SHAPES",
+    "add_distractors",
+    "composite",
+    "contrasting_fill",
+    "default_data_dir",
+    "draw_classification_image",
+    "generate_classification",
+    "mask_bbox",
+    "random_background",
+    "random_box",
+    "render_shapes",
+    "shape_coverage",
+    "shape_mask",
+    "synthetic_root",
+]
+
+# Bump whenever the drawing changes the pixels: folders of another version are then not reused,
+# and synthetic_root() gives a fresh folder name.
+GENERATOR_VERSION = 1
+MANIFEST_NAME = "synthetic.json"
+DATA_DIR_ENV = "VISION_TASKS_DATA"
+
+# Class names, in label order. Each is recognisable from its outline alone.
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring", "star", "hexagon", "crescent")
+
+# Minimum colour distance (RGB, 0..255 per channel) between a fill colour and the 10th percentile of
+# the background under and around its shape; 100 is clearly visible even on noisy backgrounds.
+MIN_CONTRAST = 100.0
+
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels, x1/y1 exclusive
+Size = tuple[int, int]  # height, width
+
+_SPLIT_KEYS = {"train": 0, "val": 1}  # part of every image's seed, so the splits never share an image
+
+
+# --------------------------------------------------------------------------------------------------
+# Where the data lives
+
+
+def default_data_dir() -> Path:
+    """``$VISION_TASKS_DATA`` if set, else ``~/.cache/vision_tasks``: where generated datasets go."""
+    env = os.environ.get(DATA_DIR_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "vision_tasks"
+
+
+def synthetic_root(task: str, **params: Any) -> Path:
+    """The folder under :func:`default_data_dir` for the ``task`` dataset generated with ``params``.
+
+    The name is ``<task>-<8 hex digits>``, a hash of the task, the generator version and the full
+    parameters (the generator's defaults filled in), so that ``synthetic_root("classification")``
+    and ``synthetic_root("classification", seed=0)`` agree and different parameters never collide.
+
+    Raises:
+        ValueError: ``task`` has no generator.
+        TypeError: a parameter the generator does not take.
+    """
+    return default_data_dir() / f"{task}-{_params_digest(task, _full_params(task, params))}"
+
+
+def _full_params(task: str, params: dict[str, Any]) -> dict[str, Any]:
+    if task not in _GENERATORS:
+        raise ValueError(f"no synthetic generator for task {task!r}; known: {sorted(_GENERATORS)}")
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(_GENERATORS[task]).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise TypeError(f"synthetic {task!r} data takes no parameter(s) {unknown}; it takes {sorted(defaults)}")
+    return {**defaults, **params}
+
+
+def _params_digest(task: str, params: dict[str, Any]) -> str:
+    text = json.dumps({"task": task, "version": GENERATOR_VERSION, "params": params}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+# --------------------------------------------------------------------------------------------------
+# Drawing primitives
+
+
+def shape_coverage(
+    kind: str, box: Box, rng: np.random.Generator, *, canvas_size: Size, supersample: int = 4
+) -> np.ndarray:
+    """Anti-aliased coverage ``(H, W)`` float32 in ``[0, 1]`` of one ``kind`` shape inscribed in ``box``.
+
+    The shape fits the disc inscribed in the box, whatever its random rotation (and its random
+    proportions: ring hole, star depth, cross arm width, crescent cut), so the box bounds it. Parts
+    outside the canvas are clipped. Drawn at ``supersample`` times the resolution and box-averaged
+    down, so edge pixels hold the covered fraction.
+    """
+    if kind not in _DRAWERS:
+        raise ValueError(f"unknown shape {kind!r}; known: {SHAPES}")
+    height, width = canvas_size
+    x0, y0, x1, y1 = box
+    px0, py0, px1, py1 = math.floor(x0), math.floor(y0), math.ceil(x1), math.ceil(y1)
+    k = supersample
+    patch = Image.new("L", (max(px1 - px0, 1) * k, max(py1 - py0, 1) * k), 0)
+    center = (((x0 + x1) / 2 - px0) * k, ((y0 + y1) / 2 - py0) * k)
+    radius = min(x1 - x0, y1 - y0) / 2 * k
+    _DRAWERS[kind](ImageDraw.Draw(patch), center, radius, float(rng.uniform(0, 2 * math.pi)), rng)
+    local = np.asarray(patch.reduce(k), dtype=np.float32) / 255.0
+    coverage = np.zeros((height, width), dtype=np.float32)
+    cx0, cy0, cx1, cy1 = max(px0, 0), max(py0, 0), min(px0 + local.shape[1], width), min(py0 + local.shape[0], height)
+    if cx1 > cx0 and cy1 > cy0:
+        coverage[cy0:cy1, cx0:cx1] = local[cy0 - py0 : cy1 - py0, cx0 - px0 : cx1 - px0]
+    return coverage
+
+
+def shape_mask(kind: str, box: Box, rng: np.random.Generator, *, canvas_size: Size) -> np.ndarray:
+    """Boolean mask ``(H, W)`` of one ``kind`` shape inscribed in ``box``: pixels at least half covered."""
+    return shape_coverage(kind, box, rng, canvas_size=canvas_size) >= 0.5
+
+
+def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Tight box ``(x0, y0, x1, y1)`` (x1, y1 exclusive) of the true pixels of ``mask``; None if empty."""
+    ys, xs = np.nonzero(mask)
+    if xs.size == 0:
+        return None
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def random_box(
+    canvas_size: Size,
+    rng: np.random.Generator,
+    *,
+    min_frac: float = 0.35,
+    max_frac: float = 0.85,
+    max_outside: float = 0.1,
+) -> Box:
+    """A square box with side ``min_frac..max_frac`` of the shorter canvas side, at a random place.
+
+    The box may stick out of the canvas by up to ``max_outside`` of its side; since shapes are
+    inscribed in the box's disc, the shape itself stays inside or nearly so.
+    """
+    height, width = canvas_size
+    side = float(rng.uniform(min_frac, max_frac)) * min(height, width)
+    slack = max_outside * side
+    cx = float(rng.uniform(side / 2 - slack, width - side / 2 + slack))
+    cy = float(rng.uniform(side / 2 - slack, height - side / 2 + slack))
+    return cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2
+
+
+def random_background(canvas_size: Size, rng: np.random.Generator) -> np.ndarray:
+    """A float32 ``(H, W, 3)`` canvas in ``[0, 255]``: a solid colour, a linear gradient or cloudy noise."""
+    height, width = canvas_size
+    base = rng.uniform(0, 255, size=3).astype(np.float32)
+    style = int(rng.integers(3))
+    if style == 0:  # solid, with a little sensor-like noise
+        canvas = np.broadcast_to(base, (height, width, 3)).astype(np.float32)
+        sigma = float(rng.uniform(0, 4))
+    elif style == 1:  # linear gradient between two colours
+        other = rng.uniform(0, 255, size=3).astype(np.float32)
+        t = _ramp(canvas_size, float(rng.uniform(0, 2 * math.pi)))
+        canvas = base + t[..., None] * (other - base)
+        sigma = float(rng.uniform(0, 6))
+    else:  # low-frequency colour clouds: a coarse random grid upsampled bilinearly
+        cells = int(rng.integers(2, 7))
+        grid = np.clip(base + rng.normal(0, 50, size=(cells, cells, 3)), 0, 255).astype(np.uint8)
+        canvas = np.asarray(Image.fromarray(grid).resize((width, height), Image.BILINEAR), dtype=np.float32)
+        sigma = float(rng.uniform(3, 18))
+    if sigma > 0:  # grey grain, as from a sensor
+        canvas = canvas + sigma * rng.standard_normal((height, width, 1), dtype=np.float32)
+    return np.clip(canvas, 0, 255)
+
+
+def add_distractors(canvas: np.ndarray, rng: np.random.Generator, *, max_count: int = 3) -> None:
+    """Draw, in place, on half of the canvases 1..``max_count`` lines or small elongated blobs.
+
+    They are clutter that is none of :data:`SHAPES`: thin lines, and ellipses at most a fifth of the
+    canvas long and clearly not round, far smaller than the smallest shape.
+    """
+    if max_count < 1 or rng.random() < 0.5:
+        return
+    height, width = canvas.shape[:2]
+    side, k = min(height, width), 2
+    for _ in range(int(rng.integers(1, max_count + 1))):
+        layer = Image.new("L", (width * k, height * k), 0)
+        draw = ImageDraw.Draw(layer)
+        if rng.random() < 0.5:
+            ends = rng.uniform(0, 1, size=4) * (width * k, height * k, width * k, height * k)
+            line_width = int(rng.integers(1, max(2, side // 24) + 1)) * k
+            draw.line([tuple(ends[:2]), tuple(ends[2:])], fill=255, width=line_width)
+        else:
+            a = float(rng.uniform(0.03, 0.1)) * side * k
+            b = a * float(rng.uniform(0.25, 0.6))
+            center = rng.uniform(0, 1, size=2) * (width * k, height * k)
+            t = np.linspace(0, 2 * math.pi, 24, endpoint=False)
+            outline = np.stack([a * np.cos(t), b * np.sin(t)], 1)
+            draw.polygon(_rotate(outline, center, float(rng.uniform(0, math.pi))), fill=255)
+        coverage = np.asarray(layer.reduce(k), dtype=np.float32) / 255.0
+        composite(canvas, coverage, rng.uniform(0, 255, size=3).astype(np.float32))
+
+
+def contrasting_fill(canvas: np.ndarray, box: Box, rng: np.random.Generator) -> np.ndarray:
+    """A float32 ``(H, W, 3)`` fill that stands out from ``canvas`` around ``box``.
+
+    The texture is solid, stripes, checker or noise (random period and angle). Its colours are the
+    first of a few random candidates whose every tone is at least :data:`MIN_CONTRAST` away from 90 %
+    of the canvas pixels in the box, or the most contrasting candidate if none is.
+    """
+    height, width = canvas.shape[:2]
+    style = int(rng.integers(4))  # 0 solid, 1 stripes, 2 checker, 3 noise
+    candidates = rng.uniform(0, 255, size=(16, 3)).astype(np.float32)
+    seconds = np.clip(candidates + rng.uniform(-70, 70, size=(16, 3)), 0, 255).astype(np.float32)
+    tones = np.stack([candidates, seconds], 1) if style in (1, 2) else candidates[:, None]
+    color, second = _pick_contrasting(tones, _region_pixels(canvas, box))
+    if style == 0:
+        return np.broadcast_to(color, (height, width, 3)).astype(np.float32)
+    if style == 3:
+        grain = float(rng.uniform(8, 28)) * rng.standard_normal((height, width, 1), dtype=np.float32)
+        return np.clip(color + grain, 0, 255)
+    side = min(box[2] - box[0], box[3] - box[1])
+    angle = float(rng.uniform(0, math.pi))
+    u, v = _rotated_coords((height, width), angle)
+    if style == 1:
+        period = float(rng.uniform(3, max(4.0, side / 4)))
+        pattern = (u / period) % 1.0 < 0.5
+    else:
+        cell = float(rng.uniform(2, max(3.0, side / 6)))
+        pattern = (np.floor(u / cell) + np.floor(v / cell)) % 2 == 0
+    return np.where(pattern[..., None], color, second).astype(np.float32)
+
+
+def composite(canvas: np.ndarray, coverage: np.ndarray, fill: np.ndarray) -> None:
+    """Paint ``fill`` (``(H, W, 3)`` or one colour) through ``coverage`` ``(H, W)`` onto ``canvas``, in place."""
+    canvas += coverage[..., None] * (fill - canvas)
+
+
+def render_shapes(
+    canvas_size: Size, kinds: Sequence[str], boxes: Sequence[Box], rng: np.random.Generator, *, distractors: int = 3
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Draw ``kinds[i]`` in ``boxes[i]``, later shapes on top, over a random background with clutter.
+
+    Returns:
+        The uint8 ``(H, W, 3)`` image and, per shape, its *visible* coverage ``(H, W)`` in ``[0, 1]``
+        (what later shapes leave of it): threshold at 0.5 for masks and boxes, and treat
+        ``0 < coverage < 1`` as the ambiguous border.
+    """
+    if len(kinds) != len(boxes):
+        raise ValueError(f"got {len(kinds)} shapes but {len(boxes)} boxes")
+    canvas = random_background(canvas_size, rng)
+    add_distractors(canvas, rng, max_count=distractors)
+    visible: list[np.ndarray] = []
+    for kind, box in zip(kinds, boxes):
+        coverage = shape_coverage(kind, box, rng, canvas_size=canvas_size)
+        composite(canvas, coverage, contrasting_fill(canvas, box, rng))
+        visible = [v * (1.0 - coverage) for v in visible] + [coverage]
+    return np.rint(canvas).astype(np.uint8), visible
+
+
+def draw_classification_image(kind: str, image_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One classification sample: a ``kind`` shape on a square canvas; returns (uint8 image, coverage)."""
+    size = (image_size, image_size)
+    image, (coverage,) = render_shapes(size, [kind], [random_box(size, rng)], rng)
+    return image, coverage
+
+
+# Shape outlines. Each takes the supersampled center, the radius of the disc it must fit in, a
+# rotation angle and the generator for its own proportions.
+
+Point = tuple[float, float]
+
+
+def _draw_circle(draw: ImageDraw.ImageDraw, c: Point, r: float, angle: float, rng: np.random.Generator) -> None:
+    _disc(draw, c, r, 255)
+
+
+def _draw_square(draw: ImageDraw.ImageDraw, c: Point, r: float, angle: float, rng: np.random.Generator) -> None:
+    draw.polygon(_star_points(c, [r] * 4, angle), fill=255)
+
+
+def _draw_triangle(draw: ImageDraw.ImageDraw, c: Point, r: float, angle: float, rng: np.random.Generator) -> None:
+    draw.polygon(_star_points(c, [r] * 3, angle), fill=255)
+
+
+def _draw_hexagon(draw: ImageDraw.ImageDraw, c: Point, r: float, angle: float, rng: np.random.Generator) -> None:
+    draw.polygon(_star_points(c, [r] * 6, angle), fill=255)
+
+
+def _draw_star(draw: ImageDraw.ImageDraw, c: Point, r: float, angle: float, rng: np.random.Generator) -> None:
+    inner = r * float(rng.uniform(0.38, 0.5))
+    draw.polygon(_star_points(c, [r, inner] * 5, angle), fill=255)
+
+
+def _draw_cross(draw: ImageDraw.ImageDraw, c: Point, r: float, angle: float, rng: np.random.Generator) -> None:
+    w = r * float(rng.uniform(0.22, 0.32))  # half arm width
+    a = math.sqrt(r * r - w * w)  # half arm length: the arm's corners touch the disc
+    local = np.array(
+        [(w, w), (a, w), (a, -w), (w, -w), (w, -a), (-w, -a), (-w, -w), (-a, -w), (-a, w), (-w, w), (-w, a), (w, a)]
+    )
+    draw.polygon(_rotate(local, c, angle), fill=255)
+
+
+def _draw_ring(draw: ImageDraw.ImageDraw, c: Point, r: float, angle: float, rng: np.random.Generator) -> None:
+    _disc(draw, c, r, 255)
+    _disc(draw, c, r * float(rng.uniform(0.45, 0.65)), 0)
+
+
+def _draw_crescent(draw: ImageDraw.ImageDraw, c: Point, r: float, angle: float, rng: np.random.Generator) -> None:
+    cut_radius, offset = r * float(rng.uniform(0.75, 0.9)), r * float(rng.uniform(0.35, 0.55))
+    _disc(draw, c, r, 255)  # the cut disc reaches past the rim (offset + cut_radius > r): never a ring
+    _disc(draw, (c[0] + offset * math.cos(angle), c[1] + offset * math.sin(angle)), cut_radius, 0)
+
+
+_DRAWERS: dict[str, Callable[[ImageDraw.ImageDraw, Point, float, float, np.random.Generator], None]] = {
+    "circle": _draw_circle,
+    "square": _draw_square,
+    "triangle": _draw_triangle,
+    "cross": _draw_cross,
+    "ring": _draw_ring,
+    "star": _draw_star,
+    "hexagon": _draw_hexagon,
+    "crescent": _draw_crescent,
+}
+assert tuple(_DRAWERS) == SHAPES
+
+
+def _disc(draw: ImageDraw.ImageDraw, c: Point, r: float, fill: int) -> None:
+    draw.ellipse([c[0] - r, c[1] - r, c[0] + r, c[1] + r], fill=fill)
+
+
+def _star_points(c: Point, radii: Sequence[float], angle: float) -> list[Point]:
+    """Vertices at evenly spaced angles with the given radii (regular polygon: all equal; star: alternating)."""
+    t = angle + 2 * math.pi * np.arange(len(radii)) / len(radii)
+    r = np.asarray(radii)
+    return list(zip((c[0] + r * np.cos(t)).tolist(), (c[1] + r * np.sin(t)).tolist()))
+
+
+def _rotate(points: np.ndarray, c: Sequence[float], angle: float) -> list[Point]:
+    cos, sin = math.cos(angle), math.sin(angle)
+    x, y = points[:, 0], points[:, 1]
+    return list(zip((c[0] + cos * x - sin * y).tolist(), (c[1] + sin * x + cos * y).tolist()))
+
+
+def _ramp(canvas_size: Size, angle: float) -> np.ndarray:
+    """``(H, W)`` values going linearly from 0 to 1 across the canvas along direction ``angle``."""
+    u, _ = _rotated_coords(canvas_size, angle)
+    return (u - u.min()) / max(float(u.max() - u.min()), 1e-6)
+
+
+def _rotated_coords(canvas_size: Size, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates ``(u, v)``, each ``(H, W)``, in axes rotated by ``angle``."""
+    y, x = _pixel_grid(*canvas_size)
+    cos, sin = math.cos(angle), math.sin(angle)
+    return x * cos + y * sin, -x * sin + y * cos
+
+
+@functools.lru_cache(maxsize=8)
+def _pixel_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    y.flags.writeable = x.flags.writeable = False  # shared between calls
+    return y, x
+
+
+def _region_pixels(canvas: np.ndarray, box: Box, max_pixels: int = 128) -> np.ndarray:
+    """About ``max_pixels`` canvas pixels ``(N, 3)`` inside ``box`` (clipped), evenly strided."""
+    height, width = canvas.shape[:2]
+    x0, y0 = min(max(int(box[0]), 0), width - 1), min(max(int(box[1]), 0), height - 1)
+    x1, y1 = max(min(math.ceil(box[2]), width), x0 + 1), max(min(math.ceil(box[3]), height), y0 + 1)
+    pixels = canvas[y0:y1, x0:x1].reshape(-1, 3)
+    return pixels[:: max(1, len(pixels) // max_pixels)]
+
+
+def _pick_contrasting(tones: np.ndarray, background: np.ndarray, chunk: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Among candidate tone sets ``(K, T, 3)``, the first whose worst tone clears :data:`MIN_CONTRAST`.
+
+    A tone clears it if 90 % of the ``background`` pixels ``(N, 3)`` are at least that far away.
+    Candidates are scored a few at a time (the first few usually include one); if none clears the
+    bar, the best-scoring one is returned.
+    """
+    tenth = len(background) // 10
+    best, best_score = 0, -1.0
+    for start in range(0, len(tones), chunk):
+        squared = np.square(tones[start : start + chunk, :, None, :] - background[None, None]).sum(-1)  # (k, T, N)
+        score = np.partition(squared, tenth, axis=-1)[..., tenth].min(axis=1)
+        good = np.flatnonzero(score >= MIN_CONTRAST**2)
+        if good.size:
+            best = start + int(good[0])
+            break
+        if score.max() > best_score:
+            best, best_score = start + int(np.argmax(score)), float(score.max())
+    return tones[best, 0], tones[best, -1]
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing datasets
+
+
+def generate_classification(
+    root: str | os.PathLike[str],
+    *,
+    num_train_per_class: int = 300,
+    num_val_per_class: int = 50,
+    image_size: int = 64,
+    seed: int = 0,
+) -> Path:
+    """Write the synthetic shape classification set in ImageFolder layout under ``root``; return ``root``.
+
+    Layout: ``root/{train,val}/<shape>/<index:05d>.png`` (RGB), one folder per name of
+    :data:`SHAPES`, plus ``root/synthetic.json``. Deterministic in ``seed``. Returns at once if
+    ``root`` already holds this very dataset (same manifest parameters).
+
+    Raises:
+        DataError: ``root`` exists with another synthetic dataset, or holds files the generator did
+            not write; nothing is overwritten.
+        ValueError: a parameter out of range.
+    """
+    params = dict(
+        num_train_per_class=num_train_per_class, num_val_per_class=num_val_per_class, image_size=image_size, seed=seed
+    )
+    _check_int(params, "num_train_per_class", 1)
+    _check_int(params, "num_val_per_class", 1)
+    _check_int(params, "image_size", 16)
+    _check_int(params, "seed", 0)
+    counts = {"train": params["num_train_per_class"], "val": params["num_val_per_class"]}
+
+    def write(tmp: Path) -> dict[str, Any]:
+        for split, per_class in counts.items():
+            for label, kind in enumerate(SHAPES):
+                folder = tmp / split / kind
+                folder.mkdir(parents=True)
+                for index in range(per_class):
+                    rng = _sample_rng(params["seed"], _SPLIT_KEYS[split], label, index)
+                    image, _ = draw_classification_image(kind, params["image_size"], rng)
+                    Image.fromarray(image).save(folder / f"{index:05d}.png", format="PNG", compress_level=1)
+        return {"classes": list(SHAPES), "counts": {split: n * len(SHAPES) for split, n in counts.items()}}
+
+    return _generate_atomically(root, "classification", params, write)
+
+
+def _check_int(params: dict[str, Any], name: str, minimum: int) -> None:
+    value = params[name]
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    params[name] = int(value)
+
+
+def _sample_rng(seed: int, *key: int) -> np.random.Generator:
+    """The generator of one sample: a child of ``seed`` keyed by (split, class, index), order-independent."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
+
+
+def _generate_atomically(
+    root: str | os.PathLike[str], task: str, params: dict[str, Any], write: Callable[[Path], dict[str, Any]]
+) -> Path:
+    """Run ``write(tmp)`` in a fresh sibling of ``root``, add the manifest, and rename it to ``root``.
+
+    ``write`` returns extra manifest entries (classes, counts). Concurrent callers (e.g. one per
+    node) each write their own temporary folder; the first rename wins and the others check the
+    winner's manifest and drop their copy.
+    """
+    root = Path(root).expanduser()
+    if _existing_matches(root, task, params):
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        manifest = {
+            "generator": __name__,
+            "version": GENERATOR_VERSION,
+            "task": task,
+            "params": params,
+            **write(tmp),
+        }
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        try:
+            os.rename(tmp, root)  # atomic; replaces an empty folder, fails on a non-empty one
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not _existing_matches(root, task, params):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process published the same data first
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
+
+
+def _existing_matches(root: Path, task: str, params: dict[str, Any]) -> bool:
+    """True if ``root`` holds this dataset, False if it is absent or empty; otherwise raise DataError."""
+    if not root.exists():
+        return False
+    if not root.is_dir():
+        raise DataError(f"cannot write synthetic data to {root}: it exists and is not a folder")
+    manifest_path = root / MANIFEST_NAME
+    if not manifest_path.is_file():
+        if any(root.iterdir()):
+            raise DataError(
+                f"refusing to write synthetic data into {root}: the folder is not empty and has no "
+                f"{MANIFEST_NAME}, so it was not written by the generator; choose another folder"
+            )
+        return False
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        found = {"task": manifest["task"], "version": manifest["version"], "params": manifest["params"]}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"cannot read the synthetic data manifest {manifest_path}: {exc}") from exc
+    wanted = {"task": task, "version": GENERATOR_VERSION, "params": params}
+    if found != wanted:
+        raise DataError(
+            f"{root} holds synthetic data generated with {found}, not the requested {wanted}; "
+            "delete the folder or choose another root (synthetic_root() gives one per parameter set)"
+        )
+    return True
+
+
+_GENERATORS: dict[str, Callable[..., Path]] = {"classification": generate_classification}
