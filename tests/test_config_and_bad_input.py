@@ -32,7 +32,24 @@ def test_default_config_is_the_synthetic_classification_run():
     assert cfg.task._target_ == "vision_tasks.tasks.ClassificationTask"
     assert cfg.model._target_ == "vision_tasks.models.mobilenet_v2_classifier"
     assert cfg.data._target_ == "vision_tasks.data.SyntheticClassificationDataModule"
-    assert cfg.task.optimizer._target_ == "torch.optim.SGD" and cfg.task.scheduler.max_epochs == cfg.trainer.max_epochs
+    assert cfg.task.optimizer._target_ == "torch.optim.AdamW" and cfg.task.scheduler.max_epochs == cfg.trainer.max_epochs
+    assert cfg.task.scheduler_interval == "step"
+    sgd = _compose("optimizer=sgd")  # the torchvision-style recipe, by name
+    assert sgd.task.optimizer._target_ == "torch.optim.SGD" and sgd.task.optimizer.nesterov is True
+
+
+def test_warmup_cosine_per_step():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    from vision_tasks.optim import WarmupCosineLR
+
+    scheduler = WarmupCosineLR(optimizer, max_epochs=4, warmup_epochs=1, warmup_factor=0.0, steps_per_epoch=10)
+    lrs = []
+    for _ in range(40):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.5) and lrs[10] == pytest.approx(1.0)  # linear warm-up
+    assert lrs[25] == pytest.approx(0.5) and lrs[39] < 0.01  # cosine: half-way at mid decay, ~0 at the end
 
 
 def test_paper_imagenet_experiment_is_the_paper_recipe():

@@ -61,7 +61,7 @@ def test_layout_counts_and_manifest(tmp_path):
     manifest = json.loads((root / "synthetic.json").read_text())
     assert manifest["task"] == "classification"
     assert manifest["version"] == synthetic.GENERATOR_VERSION
-    assert manifest["params"] == {**TINY, "seed": 5}
+    assert manifest["params"] == {**TINY, "seed": 5, "clutter": False}
     assert manifest["classes"] == list(SHAPES)
     assert manifest["counts"] == {"train": 3 * len(SHAPES), "val": 2 * len(SHAPES)}
     assert [p.name for p in tmp_path.iterdir()] == ["shapes"]  # no temporary folder left behind
@@ -205,3 +205,13 @@ def test_render_shapes_reports_visible_coverage_after_occlusion():
     assert below[30, 30] == 0 and above[30, 30] == 1  # the upper circle hides this part of the lower one
     assert below[10, 10] == 1 and above[10, 10] == 0  # and not this one
     assert np.all(below + above <= 1 + 1e-6)
+
+
+def test_clutter_variant_is_a_separate_dataset(tmp_path):
+    plain = synthetic.generate_classification(tmp_path / "plain", **TINY)
+    cluttered = synthetic.generate_classification(tmp_path / "clutter", **TINY, clutter=True)
+    assert json.loads((cluttered / "synthetic.json").read_text())["params"]["clutter"] is True
+    same = sorted(p.relative_to(plain) for p in plain.rglob("*.png"))
+    assert same == sorted(p.relative_to(cluttered) for p in cluttered.rglob("*.png"))
+    assert all((plain / p).read_bytes() != (cluttered / p).read_bytes() for p in same)
+    assert synthetic.synthetic_root("classification", clutter=True) != synthetic.synthetic_root("classification")

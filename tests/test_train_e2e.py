@@ -89,3 +89,17 @@ def test_ddp_on_cpu_two_processes_end_with_identical_weights(tmp_path, env):
         torch.testing.assert_close(rank0[name], rank1[name], rtol=0, atol=0, msg=name)
     assert any(not torch.equal(start[name], rank0[name]) for name in start), "training did not change the weights"
     assert (run_dir / "checkpoints/last.ckpt").is_file()
+
+
+def test_fast_dev_run_and_ema_through_train_py(tmp_path, env):
+    # fast_dev_run: one batch of each loop, no checkpoint; it must still run cleanly end to end
+    proc = run_tool(["tools/train.py", "task=classification", *TINY, "trainer.fast_dev_run=true",
+                     f"hydra.run.dir={tmp_path / 'dev'}"], env)
+    assert "run directory:" in proc.stdout
+    # EMA of the weights (Lightning's EMAWeightAveraging): the checkpoint's state_dict holds the
+    # average, the raw weights are kept beside it, and both load without unpickling objects
+    run_dir = _train(tmp_path, env, "ema_decay=0.5", name="ema")
+    checkpoint = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
+    averaged, current = checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert averaged.keys() == current.keys()
+    assert any(not torch.equal(averaged[k], current[k]) for k in averaged if averaged[k].is_floating_point())

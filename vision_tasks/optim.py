@@ -2,38 +2,47 @@
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+from torch.optim.lr_scheduler import LambdaLR
 
 __all__ = ["WarmupCosineLR", "param_groups"]
 
 
-class WarmupCosineLR(SequentialLR):
-    """Linear warm-up for ``warmup_epochs`` from ``warmup_factor * lr``, then cosine decay to ``eta_min``.
+class WarmupCosineLR(LambdaLR):
+    """Linear warm-up from ``warmup_factor * lr`` over ``warmup_epochs``, then cosine decay to ``eta_min_factor * lr``.
 
-    torch's ``LinearLR`` + ``CosineAnnealingLR`` chained by ``SequentialLR``, as one class so that
-    Hydra (``_partial_``) and LightningCLI (``class_path``) both build it from the optimizer alone.
-    Stepped once per epoch; warm-up is shortened to ``max_epochs - 1`` for very short runs.
+    Durations are in epochs. Stepped once per epoch by default; a task with
+    ``scheduler_interval="step"`` builds it with ``steps_per_epoch`` and steps it every batch, so
+    the warm-up and the decay are smooth (torchvision's and timm's per-iteration schedules).
+    A torch ``LambdaLR`` (its state dict, resuming and ``get_last_lr`` work as usual), as one class
+    so that Hydra (``_partial_``) and LightningCLI (``class_path``) build it from the optimizer alone.
     """
 
     def __init__(
         self,
         optimizer: Optimizer,
         max_epochs: int,
-        warmup_epochs: int = 0,
-        warmup_factor: float = 0.1,
-        eta_min: float = 0.0,
+        warmup_epochs: float = 0,
+        warmup_factor: float = 0.01,
+        eta_min_factor: float = 0.0,
+        steps_per_epoch: int = 1,
     ) -> None:
-        if max_epochs < 1:
-            raise ValueError(f"max_epochs must be >= 1, got {max_epochs}")
-        warmup_epochs = min(warmup_epochs, max_epochs - 1)  # short debugging runs keep a cosine part
-        cosine = CosineAnnealingLR(optimizer, T_max=max_epochs - warmup_epochs, eta_min=eta_min)
-        if warmup_epochs == 0:
-            super().__init__(optimizer, [cosine], milestones=[])
-        else:
-            warmup = LinearLR(optimizer, start_factor=warmup_factor, total_iters=warmup_epochs)
-            super().__init__(optimizer, [warmup, cosine], milestones=[warmup_epochs])
+        if max_epochs < 1 or steps_per_epoch < 1:
+            raise ValueError(f"max_epochs and steps_per_epoch must be >= 1, got {max_epochs}, {steps_per_epoch}")
+        total = max_epochs * steps_per_epoch
+        # short debugging runs keep a cosine part
+        warmup = min(round(warmup_epochs * steps_per_epoch), total - 1)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return warmup_factor + (1 - warmup_factor) * step / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return eta_min_factor + (1 - eta_min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        super().__init__(optimizer, factor)
 
 
 def param_groups(model: nn.Module, norm_weight_decay: float | None) -> list[dict]:

@@ -100,7 +100,8 @@ class ImageFolderDataset(Dataset):
         if self.transform is None:
             tensor = torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)
         else:
-            tensor = self.transform(image=image)["image"]
+            # float32 whatever the pipeline computed in (albumentations' per-image Normalize gives float64)
+            tensor = self.transform(image=image)["image"].float()
         return tensor, label
 
 
@@ -211,6 +212,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         batch_size, num_workers: of every loader.
         verify_images: read every image header during ``setup``.
         class_names: use these classes, in this label order, instead of all sub-folders.
+        normalization, grayscale: see :func:`~vision_tasks.data.transforms.classification_train_transform`.
     """
 
     def __init__(
@@ -229,6 +231,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         num_workers: int = 2,
         verify_images: bool = True,
         class_names: list[str] | None = None,
+        normalization: str = "standard",
+        grayscale: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -238,8 +242,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.verify_images = verify_images
         self.requested_classes = list(class_names) if class_names is not None else None
         # Built now so that a bad augmentation argument fails at construction, not at setup.
-        self.train_transform = classification_train_transform(image_size, scale=scale, hflip=hflip, mean=mean, std=std)
-        self.eval_transform = classification_eval_transform(image_size, resize_size=resize_size, mean=mean, std=std)
+        norm = dict(mean=mean, std=std, normalization=normalization, grayscale=grayscale)
+        self.train_transform = classification_train_transform(image_size, scale=scale, hflip=hflip, **norm)
+        self.eval_transform = classification_eval_transform(image_size, resize_size=resize_size, **norm)
         self.train_dataset: ImageFolderDataset | None = None
         self.val_dataset: ImageFolderDataset | None = None
         self._class_names: list[str] | None = None
@@ -316,8 +321,10 @@ class SyntheticClassificationDataModule(ImageFolderDataModule):
     The set is generated once, in ``prepare_data`` (Lightning runs it on one process per node), into
     ``root`` or by default into :func:`synthetic_root`, a cache folder named after the generation
     parameters; later runs reuse it. ``synthetic_image_size`` is the size of the stored images,
-    ``image_size`` that of the crops fed to the model. Other keyword arguments go to
-    :class:`ImageFolderDataModule`.
+    ``image_size`` that of the crops fed to the model; ``clutter`` selects the harder variant (see
+    :func:`generate_classification`). Other keyword arguments go to
+    :class:`ImageFolderDataModule`. The defaults are those of ``configs/datamodule/classification/synthetic.yaml``:
+    colours are random by construction, so images are turned grey and standardised one by one.
     """
 
     def __init__(
@@ -328,13 +335,16 @@ class SyntheticClassificationDataModule(ImageFolderDataModule):
         num_val_per_class: int = 50,
         synthetic_image_size: int = 64,
         seed: int = 0,
+        clutter: bool = False,
         image_size: int = 64,
         resize_size: int | None = 64,
-        scale: tuple[float, float] = (0.5, 1.0),
+        scale: tuple[float, float] = (0.7, 1.0),
         mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
         std: tuple[float, float, float] = (0.25, 0.25, 0.25),
-        batch_size: int = 64,
+        batch_size: int = 32,
         num_workers: int = 2,
+        grayscale: bool = True,
+        normalization: str = "image",
         **kwargs: Any,
     ) -> None:
         self.generation_params = dict(
@@ -342,13 +352,14 @@ class SyntheticClassificationDataModule(ImageFolderDataModule):
             num_val_per_class=num_val_per_class,
             image_size=synthetic_image_size,
             seed=seed,
+            clutter=clutter,
         )
         # A new name, not `root =`: save_hyperparameters() reads this frame's arguments, and should
         # record None (resolved on the machine that loads them), not this machine's cache path.
         resolved = str(synthetic_root("classification", **self.generation_params)) if root is None else root
         super().__init__(
             resolved, image_size=image_size, resize_size=resize_size, scale=scale, mean=mean, std=std,
-            batch_size=batch_size, num_workers=num_workers, **kwargs,
+            batch_size=batch_size, num_workers=num_workers, grayscale=grayscale, normalization=normalization, **kwargs,
         )
 
     def prepare_data(self) -> None:

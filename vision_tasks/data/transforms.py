@@ -28,6 +28,8 @@ def classification_train_transform(
     hflip: float = 0.5,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    normalization: str = "standard",
+    grayscale: bool = False,
 ) -> A.Compose:
     """Inception-style training augmentation: random resized crop to ``image_size``, horizontal flip.
 
@@ -44,8 +46,7 @@ def classification_train_transform(
         [
             A.RandomResizedCrop(size=(image_size, image_size), scale=tuple(scale)),
             A.HorizontalFlip(p=hflip),
-            A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0),
-            ToTensorV2(),
+            *_normalize(mean, std, normalization, grayscale),
         ]
     )
 
@@ -56,6 +57,8 @@ def classification_eval_transform(
     resize_size: int | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    normalization: str = "standard",
+    grayscale: bool = False,
 ) -> A.Compose:
     """Deterministic evaluation: shorter side to ``resize_size``, center crop ``image_size``.
 
@@ -71,10 +74,25 @@ def classification_eval_transform(
         [
             A.SmallestMaxSize(max_size=resize_size),
             A.CenterCrop(height=image_size, width=image_size),
-            A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0),
-            ToTensorV2(),
+            *_normalize(mean, std, normalization, grayscale),
         ]
     )
+
+
+def _normalize(mean: Sequence[float], std: Sequence[float], normalization: str, grayscale: bool) -> list:
+    """The shared tail of both pipelines: optional grey conversion, normalisation, tensor.
+
+    ``normalization`` is albumentations' ``Normalize`` mode: ``"standard"`` uses ``mean``/``std``
+    (those of the weights), ``"image"`` / ``"image_per_channel"`` standardise every image by its own
+    statistics. ``grayscale`` keeps 3 channels (the model is unchanged); for data whose colours
+    carry no class information, such as the synthetic shapes.
+    """
+    modes = ("standard", "image", "image_per_channel", "min_max", "min_max_per_channel")
+    if normalization not in modes:
+        raise ValueError(f"normalization must be one of {modes}, got {normalization!r}")
+    gray = [A.ToGray(num_output_channels=3, p=1.0)] if grayscale else []
+    return [*gray, A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0, normalization=normalization),
+            ToTensorV2()]
 
 
 def _check_size(value: int, name: str) -> None:

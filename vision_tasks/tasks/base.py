@@ -23,7 +23,9 @@ class VisionTask(pl.LightningModule):
 
     The model, the optimizer and the scheduler are injected (``optimizer`` and ``scheduler`` are
     callables: Hydra ``_partial_: true`` objects or LightningCLI ``class_path`` entries), so the same
-    recipe is reachable from both front ends. Subclasses set ``name`` (the task name used by the
+    recipe is reachable from both front ends. With ``scheduler_interval="step"`` the scheduler is
+    stepped every batch and built as ``scheduler(optimizer, steps_per_epoch=N)``
+    (:class:`~vision_tasks.optim.WarmupCosineLR` accepts it). Subclasses set ``name`` (the task name used by the
     configs) and ``monitor`` (the metric that selects the best checkpoint, maximised).
 
     Checkpoints carry ``checkpoint["vision_tasks"]`` = task name, model class, model config and
@@ -67,7 +69,12 @@ class VisionTask(pl.LightningModule):
         optimizer = self.optimizer_factory(param_groups(self.model, self.norm_weight_decay))
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer)
+        if self.scheduler_interval == "step":
+            # per-batch schedules are built knowing the epoch length (see WarmupCosineLR)
+            steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // max(1, self.trainer.max_epochs))
+            scheduler = self.scheduler_factory(optimizer, steps_per_epoch=int(steps_per_epoch))
+        else:
+            scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
