@@ -51,6 +51,8 @@ def test_train_writes_run_directory_then_test_and_resume(tmp_path, env):
               f"ckpt_path={run_dir}/checkpoints/last.ckpt", f"hydra.run.dir={run_dir}"], env)
     resumed = json.loads((run_dir / "metrics.json").read_text())
     assert resumed["global_step"] == 4 and resumed["epoch"] == 2
+    # last.ckpt follows every epoch, whether or not it improved val/acc1
+    assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 4
 
 
 def test_lightning_cli_fit_console_script_and_module(tmp_path, env):

@@ -130,8 +130,11 @@ def train(cfg: DictConfig) -> Path:
     task = instantiate(cfg.task, model=model, _convert_="all")
 
     callbacks: list[pl.Callback] = [
+        # Two checkpoints: since Lightning 2.5 save_last=True with a monitor only refreshes last.ckpt on
+        # epochs that improve the best one, so "last" is its own unmonitored callback.
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=task.monitor, mode="max",
-                        save_last=True, enable_version_counter=False),
+                        enable_version_counter=False),
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False),
         LearningRateMonitor(logging_interval="epoch"),
         RunArtifacts(str(run_dir)),
     ]
