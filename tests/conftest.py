@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,3 +50,25 @@ def run_tool(args: list[str], env: dict[str, str], cwd: Path = ROOT, expect_ok: 
     if (proc.returncode == 0) != expect_ok:
         pytest.fail(f"`python {' '.join(args)}` exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}")
     return proc
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: small models run faster on a shared 2-core machine, without OpenMP spin-waits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def randomize_bn(model: nn.Module, seed: int = 0) -> None:
+    """Give every BatchNorm non-trivial running statistics and affine parameters (so parity tests mean something)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)

@@ -12,6 +12,7 @@ import backbones
 from backbones import InvertedResidual, create_backbone, feature_names
 from vision_tasks.models import mobilenet_v2_classifier
 from vision_tasks.stats import count_params
+from conftest import randomize_bn
 
 ALL_TAPS = tuple(feature_names())
 # Layer numbers (paper reference numbering) of the 10 blocks with a residual connection (PAPER.md 1.4:
@@ -29,26 +30,8 @@ PAPER_WIDTHS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these small models run faster on a shared 2-core machine, without OpenMP spin-waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def randomize_bn(model: nn.Module, seed: int = 0) -> None:
-    """Give every BatchNorm non-trivial running statistics and affine parameters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
 
 
 def blocks(net: nn.Module) -> dict[int, InvertedResidual]:

@@ -20,13 +20,7 @@ CALC_MACS_224 = {0.35: 59.3, 0.5: 97.1, 0.75: 209.1, 1.0: 300.8, 1.4: 582.2}
 SLIM_PARAMS = {0.35: 1.66, 0.5: 1.95, 0.75: 2.61, 1.0: 3.47, 1.4: 6.06}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these small models run faster on a shared 2-core machine, without OpenMP spin-waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_width_1_has_torchvision_parameter_count():

@@ -11,30 +11,21 @@ from torch import nn
 import backbones
 from backbones import WeightsError, create_backbone, load_weights
 from vision_tasks.models import mobilenet_v2_classifier
+from conftest import randomize_bn
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these small models run faster on a shared 2-core machine, without OpenMP spin-waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomized_torchvision(width: float = 1.0, num_classes: int = 1000, seed: int = 0) -> nn.Module:
     """torchvision's mobilenet_v2 with random weights and random BN statistics / affine, in eval mode."""
     torch.manual_seed(seed)
     model = torchvision.models.mobilenet_v2(width_mult=width, num_classes=num_classes)
-    g = torch.Generator().manual_seed(seed + 1)
+    randomize_bn(model, seed + 1)
+    g = torch.Generator().manual_seed(seed + 2)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
                 m.num_batches_tracked.fill_(1234)
         model.classifier[1].weight.normal_(0, 0.05, generator=g)
         model.classifier[1].bias.normal_(0, 0.1, generator=g)

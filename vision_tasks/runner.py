@@ -83,7 +83,7 @@ def _load_initial_weights(model: nn.Module, path: str) -> None:
         log.warning("weights=%s: the head was not loaded (%s); it starts from scratch", path, ", ".join(skipped))
 
 
-def _trainer(cfg: DictConfig, task: pl.LightningModule, run_dir: Path, **kwargs: Any) -> pl.Trainer:
+def _trainer(cfg: DictConfig, run_dir: Path, **kwargs: Any) -> pl.Trainer:
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     on_cpu = trainer_cfg.get("accelerator") == "cpu" or (
         trainer_cfg.get("accelerator") == "auto" and not torch.cuda.is_available()
@@ -142,7 +142,7 @@ def train(cfg: DictConfig) -> Path:
         callbacks.append(EMAWeightAveraging(decay=cfg.ema_decay))
     callbacks += [instantiate(c, _convert_="all") for c in cfg.callbacks.values()]
     logger = CSVLogger(str(run_dir), name="logs", version="")
-    trainer = _trainer(cfg, task, run_dir, callbacks=callbacks, logger=logger)
+    trainer = _trainer(cfg, run_dir, callbacks=callbacks, logger=logger)
     _save_config(cfg, run_dir)
     trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     if trainer.is_global_zero:
@@ -170,7 +170,7 @@ def test(cfg: DictConfig) -> dict[str, float]:
     if data_classes is not None and getattr(model, "num_classes", data_classes) != data_classes:
         raise ValueError(f"the model predicts {model.num_classes} classes but the dataset has {data_classes}")
     task = instantiate(cfg.task, model=model, optimizer=None, scheduler=None, _convert_="all")
-    trainer = _trainer(cfg, task, run_dir, callbacks=[RunArtifacts(str(run_dir))], logger=False)
+    trainer = _trainer(cfg, run_dir, callbacks=[RunArtifacts(str(run_dir))], logger=False)
     _save_config(cfg, run_dir)
     results = trainer.validate(task, datamodule=datamodule)
     if trainer.is_global_zero:
