@@ -6,12 +6,13 @@ image, FlopCounterMode FLOPs / 2. The TF-Slim checkpoint table counts params wit
 1001 classes, so it is compared with our count in that convention.
 
 Each table is a "section": a title, its columns and a function that returns its rows. Later models
-(SSDLite, paper Tables 5/6; DeepLabv3, Table 7) add a section to ``SECTIONS``.
+(DeepLabv3, Table 7) add a section to ``SECTIONS``.
 
 Usage::
 
     python tools/model_stats.py                                  # every section, paper defaults
     python tools/model_stats.py --section classification --resolution 224 192 160 128 96
+    python tools/model_stats.py --section ssdlite --ssdlite-resolution 300 320
     python tools/model_stats.py --json stats.json
 """
 
@@ -24,9 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from vision_tasks.models import mobilenet_v2_classifier  # noqa: E402
+from vision_tasks.models import mobilenet_v2_classifier, ssdlite_mobilenet_v2  # noqa: E402
 from vision_tasks.stats import MADD_OPS, count_params, flops_by_op  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
@@ -47,6 +50,11 @@ SLIM_CHECKPOINTS: dict[tuple[float, int], tuple[float, float]] = {
 }
 # [CALC] analytic MACs at 224 (M).
 CALC_MACS_224: dict[float, float] = {1.4: 582.2, 1.3: 509.4, 1.0: 300.8, 0.75: 209.1, 0.5: 97.1, 0.35: 59.3}
+
+# [P] SSDLite on MobileNetV2, 80 COCO classes, 320x320 input (PAPER.md 3.1).
+SSDLITE_PAPER_RESOLUTION = 320
+TABLE6_SSDLITE = (4.3e6, 0.8e9)  # Table 6, MNet V2 + SSDLite: params, MAdds
+TABLE5_SSDLITE_HEAD = (2.1e6, 0.35e9)  # Table 5, SSDLite head: params, MAdds
 
 # ---------------------------------------------------------------------------------------------
 # Table machinery shared by all sections.
@@ -178,7 +186,71 @@ CLASSIFICATION = Section(
     ],
 )
 
-SECTIONS: dict[str, Section] = {s.name: s for s in (CLASSIFICATION,)}
+
+# ---------------------------------------------------------------------------------------------
+# Section: SSDLite detection (paper Tables 5 and 6).
+
+
+def ssdlite_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    paper_model = args.ssdlite_classes == 80  # the paper's numbers are for 80 classes, its MAdds for 320x320
+    rows = []
+    for layout in ("tf", "torchvision"):
+        model = ssdlite_mobilenet_v2(num_classes=args.ssdlite_classes, anchor_layout=layout)
+        params, head_params = count_params(model), count_params(model.head)
+        p_params, h_params = (TABLE6_SSDLITE[0], TABLE5_SSDLITE_HEAD[0]) if paper_model else (None, None)
+        for resolution in args.ssdlite_resolution:
+            madds, ops = measure_madds(model, resolution)
+            head_madds = madds - measure_madds(model.backbone, resolution)[0]  # extras + predictors
+            at_paper_size = paper_model and resolution == SSDLITE_PAPER_RESOLUTION
+            p_madds, h_madds = (TABLE6_SSDLITE[1], TABLE5_SSDLITE_HEAD[1]) if at_paper_size else (None, None)
+            with torch.no_grad():
+                num_anchors = model.eval().forward_head(torch.zeros(1, 3, resolution, resolution))["anchors"].shape[0]
+            rows.append(
+                dict(
+                    section="ssdlite", model=f"SSDLite MNV2 ({layout} anchors)", anchor_layout=layout,
+                    resolution=resolution, num_classes=args.ssdlite_classes, num_anchors=num_anchors,
+                    params=params, paper_params=p_params, d_paper_params=rel_diff(params, p_params),
+                    madds=madds, paper_madds=p_madds, d_paper_madds=rel_diff(madds, p_madds),
+                    head_params=head_params, paper_head_params=h_params, d_head_params=rel_diff(head_params, h_params),
+                    head_madds=head_madds, paper_head_madds=h_madds, d_head_madds=rel_diff(head_madds, h_madds),
+                    flop_ops=ops,
+                )
+            )
+    return rows
+
+
+SSDLITE = Section(
+    name="ssdlite",
+    title="SSDLite MobileNetV2 (paper Table 6: whole model; Table 5: SSDLite head)",
+    columns=[
+        Column("model", "model"),
+        Column("resolution", "res"),
+        Column("num_anchors", "anchors", _fmt_int),
+        Column("params", "params", _fmt_int),
+        Column("paper_params", "Table6(M)", _fmt_m(1)),
+        Column("d_paper_params", "d", _fmt_pct),
+        Column("madds", "MAdds(M)", _fmt_m(1)),
+        Column("paper_madds", "Table6(M)", _fmt_m(0)),
+        Column("d_paper_madds", "d", _fmt_pct),
+        Column("head_params", "head params", _fmt_int),
+        Column("paper_head_params", "Table5(M)", _fmt_m(1)),
+        Column("d_head_params", "d", _fmt_pct),
+        Column("head_madds", "head MAdds(M)", _fmt_m(1)),
+        Column("paper_head_madds", "Table5(M)", _fmt_m(0)),
+        Column("d_head_madds", "d", _fmt_pct),
+    ],
+    rows=ssdlite_rows,
+    notes=[
+        "--ssdlite-classes foreground classes + background (80: COCO, the paper's tables). tf anchors: TF OD API "
+        "ssd_anchor_generator, 3 boxes per location on the first map, 6 elsewhere; torchvision: 6 everywhere.",
+        "head = the 4 extra maps + the separable classification/regression predictors; head MAdds = whole model "
+        "minus the backbone (up to layer19).",
+        "Paper columns: 80 classes only, MAdds at its 320x320 input only. PAPER.md section 9: with 91 classes "
+        "the tf layout gives 4.501M params, 0.750B MAdds at 300, 0.804B at 320.",
+    ],
+)
+
+SECTIONS: dict[str, Section] = {s.name: s for s in (CLASSIFICATION, SSDLITE)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -191,14 +263,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--widths", type=float, nargs="+", default=[0.35, 0.5, 0.75, 1.0, 1.4],
                         help="width multipliers (classification)")
     parser.add_argument("--num-classes", type=int, default=1000, help="classifier outputs")
+    parser.add_argument("--ssdlite-resolution", type=int, nargs="+", default=[300, 320],
+                        help="SSDLite input sizes (square; the TF config uses 300, the paper 320)")
+    parser.add_argument("--ssdlite-classes", type=int, default=80, help="SSDLite foreground classes")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the rows as JSON")
     args = parser.parse_args(argv)
     if any(r < 32 for r in args.resolution):
         parser.error(f"--resolution values must be >= 32, got {args.resolution}")
+    if any(r < 32 for r in args.ssdlite_resolution):
+        parser.error(f"--ssdlite-resolution values must be >= 32, got {args.ssdlite_resolution}")
     if any(w <= 0 for w in args.widths):
         parser.error(f"--widths must be positive, got {args.widths}")
     if args.num_classes < 1:
         parser.error(f"--num-classes must be >= 1, got {args.num_classes}")
+    if args.ssdlite_classes < 1:
+        parser.error(f"--ssdlite-classes must be >= 1, got {args.ssdlite_classes}")
     return args
 
 

@@ -153,8 +153,9 @@ def train(cfg: DictConfig) -> Path:
 def test(cfg: DictConfig) -> dict[str, float]:
     """Evaluate ``ckpt_path=`` (a training checkpoint) or ``weights=`` (a state-dict file) on ``data``.
 
-    Writes ``metrics.json`` (``val/...`` keys, as training does) and the resolved ``config.yaml``
-    into the run directory and returns the metrics.
+    Writes ``metrics.json`` (``val/...`` keys, as training does), the resolved ``config.yaml`` and
+    the task's own results (detection: ``detections.json``, COCO results format with the dataset's
+    image and category ids) into the run directory and returns the metrics.
     """
     run_dir = Path(cfg.run_dir)
     task_cls = get_class(cfg.task._target_)
@@ -170,9 +171,13 @@ def test(cfg: DictConfig) -> dict[str, float]:
     if data_classes is not None and getattr(model, "num_classes", data_classes) != data_classes:
         raise ValueError(f"the model predicts {model.num_classes} classes but the dataset has {data_classes}")
     task = instantiate(cfg.task, model=model, optimizer=None, scheduler=None, _convert_="all")
+    task.keep_results = True  # e.g. detections.json for detection
     trainer = _trainer(cfg, run_dir, callbacks=[RunArtifacts(str(run_dir))], logger=False)
     _save_config(cfg, run_dir)
     results = trainer.validate(task, datamodule=datamodule)
+    exported = task.export_results(run_dir)
     if trainer.is_global_zero:
+        if exported is not None:
+            print(f"wrote {exported}")
         print(f"run directory: {run_dir.resolve()}")
     return results[0] if results else {}

@@ -15,24 +15,62 @@ from .classification import (
     load_rgb,
     scan_image_folder,
 )
+from .detection import (
+    VOC_CLASSES,
+    CocoDetectionDataModule,
+    DetectionAnnotations,
+    DetectionDataset,
+    DetectionRecord,
+    SyntheticDetectionDataModule,
+    VOCDetectionDataModule,
+    detection_collate,
+    read_coco,
+    read_voc,
+)
 from .errors import DataError
-from .synthetic import SHAPES, default_data_dir, generate_classification, synthetic_root
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, classification_eval_transform, classification_train_transform
+from .synthetic import SHAPES, default_data_dir, generate_classification, generate_detection, synthetic_root
+from .transforms import (
+    DETECTION_AUGMENTATIONS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RandomIoUCrop,
+    ZoomOut,
+    classification_eval_transform,
+    classification_train_transform,
+    detection_eval_transform,
+    detection_train_transform,
+)
 
 __all__ = [
+    "DETECTION_AUGMENTATIONS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
     "SHAPES",
+    "VOC_CLASSES",
+    "CocoDetectionDataModule",
     "DataError",
+    "DetectionAnnotations",
+    "DetectionDataset",
+    "DetectionRecord",
     "ImageFolderDataModule",
     "ImageFolderDataset",
+    "RandomIoUCrop",
     "SyntheticClassificationDataModule",
+    "SyntheticDetectionDataModule",
+    "VOCDetectionDataModule",
+    "ZoomOut",
     "classification_eval_transform",
     "classification_train_transform",
     "default_data_dir",
+    "detection_collate",
+    "detection_eval_transform",
+    "detection_train_transform",
     "generate_classification",
+    "generate_detection",
     "load_rgb",
+    "read_coco",
+    "read_voc",
     "scan_image_folder",
     "synthetic_root",
 ]

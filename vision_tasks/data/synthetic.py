@@ -1,11 +1,11 @@
 """Procedural shape datasets, written once to disk in the real formats so the real readers serve them.
 
 Every task's embedded default dataset is drawn here from a seed: one of :data:`SHAPES` per image for
-classification (ImageFolder layout); later several shapes per image for detection (COCO JSON) and
-segmentation (VOC PNG masks). Only the shape outline carries the class: size, position, rotation,
-fill (colour and texture), background and distractors are random nuisances, so a model has to learn
-shape to score well, and a broken pipeline (labels shuffled, wrong normalisation) shows up as chance
-accuracy.
+classification (ImageFolder layout); several shapes per image for detection (COCO JSON, with tight
+boxes and RLE masks of what is visible of each shape); later segmentation (VOC PNG masks). Only the
+shape outline carries the class: size, position, rotation, fill (colour and texture), background and
+distractors are random nuisances, so a model has to learn shape to score well, and a broken pipeline
+(labels shuffled, wrong normalisation) shows up as chance accuracy.
 
 The drawing is built from small primitives that the other formats reuse:
 
@@ -28,6 +28,8 @@ Example::
 
     root = generate_classification(synthetic_root("classification"), num_train_per_class=300)
     # root/train/circle/00000.png ... root/val/crescent/00049.png, root/synthetic.json
+    root = generate_detection(synthetic_root("detection"))
+    # root/annotations/instances_{train,val}2017.json, root/{train,val}2017/000001.png ...
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
+from pycocotools import mask as mask_utils
 
 from .errors import DataError
 
@@ -58,7 +61,9 @@ __all__ = [
     "contrasting_fill",
     "default_data_dir",
     "draw_classification_image",
+    "draw_detection_image",
     "generate_classification",
+    "generate_detection",
     "mask_bbox",
     "random_background",
     "random_box",
@@ -85,6 +90,11 @@ Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels, x1/y1 exclu
 Size = tuple[int, int]  # height, width
 
 _SPLIT_KEYS = {"train": 0, "val": 1}  # part of every image's seed, so the splits never share an image
+
+# Detection layouts: a shape must keep this fraction of its coverage visible after occlusion, and a
+# layout is redrawn at most this many times before the parameters are declared unsatisfiable.
+MIN_VISIBLE_FRACTION = 0.6
+MAX_LAYOUT_ATTEMPTS = 200
 
 
 # --------------------------------------------------------------------------------------------------
@@ -296,16 +306,26 @@ def render_shapes(
         (what later shapes leave of it): threshold at 0.5 for masks and boxes, and treat
         ``0 < coverage < 1`` as the ambiguous border.
     """
+    image, _, visible = _render_layers(canvas_size, kinds, boxes, rng, clutter=clutter)
+    return image, visible
+
+
+def _render_layers(
+    canvas_size: Size, kinds: Sequence[str], boxes: Sequence[Box], rng: np.random.Generator, *, clutter: bool
+) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """:func:`render_shapes`, also returning each shape's full coverage (before occlusion): image, full, visible."""
     if len(kinds) != len(boxes):
         raise ValueError(f"got {len(kinds)} shapes but {len(boxes)} boxes")
     canvas = random_background(canvas_size, rng, clouds=clutter)
     add_distractors(canvas, rng, max_count=3 if clutter else 0)
+    full: list[np.ndarray] = []
     visible: list[np.ndarray] = []
     for kind, box in zip(kinds, boxes):
         coverage = shape_coverage(kind, box, rng, canvas_size=canvas_size)
         composite(canvas, coverage, contrasting_fill(canvas, box, rng, textured=clutter))
+        full.append(coverage)
         visible = [v * (1.0 - coverage) for v in visible] + [coverage]
-    return np.rint(canvas).astype(np.uint8), visible
+    return np.rint(canvas).astype(np.uint8), full, visible
 
 
 def draw_classification_image(
@@ -315,6 +335,56 @@ def draw_classification_image(
     size = (image_size, image_size)
     image, (coverage,) = render_shapes(size, [kind], [random_box(size, rng)], rng, clutter=clutter)
     return image, coverage
+
+
+def draw_detection_image(
+    image_size: int,
+    rng: np.random.Generator,
+    *,
+    min_objects: int = 1,
+    max_objects: int = 4,
+    min_size: float = 0.15,
+    max_size: float = 0.6,
+    max_overlap: float = 0.3,
+    clutter: bool = False,
+) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+    """One detection sample: ``min_objects..max_objects`` random shapes on a square canvas.
+
+    Each shape is inscribed in a square box of side ``min_size..max_size`` of the canvas (see
+    :func:`random_box`). A layout is redrawn while two boxes overlap with IoU > ``max_overlap`` or
+    a shape keeps less than :data:`MIN_VISIBLE_FRACTION` of its coverage visible under the shapes
+    drawn after it, so every object is recognisable.
+
+    Returns:
+        The uint8 ``(H, W, 3)`` image and, per shape, ``(label, mask)``: its index in
+        :data:`SHAPES` and the boolean ``(H, W)`` mask of its visible coverage > 0.5.
+
+    Raises:
+        ValueError: no layout satisfied the constraints in :data:`MAX_LAYOUT_ATTEMPTS` tries (too
+            many or too large objects for ``max_overlap``).
+    """
+    size = (image_size, image_size)
+    count = int(rng.integers(min_objects, max_objects + 1))
+    for _ in range(MAX_LAYOUT_ATTEMPTS):
+        labels = [int(i) for i in rng.integers(len(SHAPES), size=count)]
+        boxes = [random_box(size, rng, min_frac=min_size, max_frac=max_size) for _ in range(count)]
+        if any(_box_iou(a, b) > max_overlap for i, a in enumerate(boxes) for b in boxes[i + 1 :]):
+            continue
+        image, full, visible = _render_layers(size, [SHAPES[i] for i in labels], boxes, rng, clutter=clutter)
+        masks = [v > 0.5 for v in visible]
+        if all(m.any() and v.sum() >= MIN_VISIBLE_FRACTION * f.sum() for m, v, f in zip(masks, visible, full)):
+            return image, list(zip(labels, masks))
+    raise ValueError(
+        f"could not lay out {count} shapes of {min_size}-{max_size} of a {image_size}px image with box IoU <= "
+        f"{max_overlap} and {MIN_VISIBLE_FRACTION:.0%} of each visible in {MAX_LAYOUT_ATTEMPTS} tries; lower "
+        "max_objects or max_size, or raise max_overlap"
+    )
+
+
+def _box_iou(a: Box, b: Box) -> float:
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union
 
 
 # Shape outlines. Each takes the supersampled center, the radius of the disc it must fit in, a
@@ -496,6 +566,115 @@ def generate_classification(
     return _generate_atomically(root, "classification", params, write)
 
 
+def generate_detection(
+    root: str | os.PathLike[str],
+    *,
+    num_train: int = 2000,
+    num_val: int = 200,
+    image_size: int = 128,
+    min_objects: int = 1,
+    max_objects: int = 4,
+    min_size: float = 0.15,
+    max_size: float = 0.6,
+    max_overlap: float = 0.3,
+    seed: int = 0,
+    clutter: bool = False,
+) -> Path:
+    """Write the synthetic shape detection set in COCO layout under ``root``; return ``root``.
+
+    Each image holds ``min_objects..max_objects`` shapes of :data:`SHAPES` (see
+    :func:`draw_detection_image`; sizes are fractions of ``image_size``; ``min_objects=0`` allows
+    images without objects). Every annotation describes what is visible of its shape: ``bbox`` the
+    tight box of the pixels with visible coverage > 0.5, ``area`` their count, ``segmentation`` their
+    RLE (pycocotools), ``iscrowd`` 0. Categories 1..8 are the shapes in :data:`SHAPES` order,
+    supercategory ``"shape"``. ``clutter`` as in :func:`generate_classification`.
+
+    Layout: ``root/annotations/instances_{train,val}2017.json``, ``root/{train,val}2017/<id:06d>.png``
+    (RGB; image ids from 1), plus ``root/synthetic.json``. Deterministic in ``seed``; an image does not
+    depend on how many are generated. Returns at once if ``root`` already holds this very dataset.
+
+    Raises:
+        DataError: ``root`` exists with another synthetic dataset, or holds files the generator did
+            not write; nothing is overwritten.
+        ValueError: a parameter out of range, or a layout the constraints cannot satisfy.
+    """
+    params = dict(
+        num_train=num_train, num_val=num_val, image_size=image_size, min_objects=min_objects,
+        max_objects=max_objects, min_size=min_size, max_size=max_size, max_overlap=max_overlap, seed=seed,
+        clutter=bool(clutter),
+    )
+    _check_int(params, "num_train", 1)
+    _check_int(params, "num_val", 1)
+    _check_int(params, "image_size", 16)
+    _check_int(params, "min_objects", 0)
+    _check_int(params, "max_objects", max(1, params["min_objects"]))
+    _check_float(params, "min_size", 0.0, 1.0)
+    _check_float(params, "max_size", params["min_size"], 1.0)
+    _check_float(params, "max_overlap", 0.0, 1.0)
+    _check_int(params, "seed", 0)
+    if params["min_size"] * params["image_size"] < 4:
+        raise ValueError(
+            f"min_size * image_size must be at least 4 pixels, got {params['min_size']} * {params['image_size']}"
+        )
+    counts = {"train": params["num_train"], "val": params["num_val"]}
+    layout = {k: params[k] for k in ("min_objects", "max_objects", "min_size", "max_size", "max_overlap", "clutter")}
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPES)]
+
+    def write(tmp: Path) -> dict[str, Any]:
+        (tmp / "annotations").mkdir()
+        objects = {}
+        for split, count in counts.items():
+            folder = tmp / f"{split}2017"
+            folder.mkdir()
+            images: list[dict[str, Any]] = []
+            annotations: list[dict[str, Any]] = []
+            for index in range(count):
+                image_id = index + 1
+                rng = _sample_rng(params["seed"], _SPLIT_KEYS[split], index)
+                image, shapes = draw_detection_image(params["image_size"], rng, **layout)
+                file_name = f"{image_id:06d}.png"
+                Image.fromarray(image).save(folder / file_name, format="PNG", compress_level=1)
+                height, width = image.shape[:2]
+                images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
+                for label, mask in shapes:
+                    annotations.append(_coco_annotation(len(annotations) + 1, image_id, label + 1, mask))
+            dataset = {
+                "info": {"description": f"synthetic shapes ({__name__})", "version": str(GENERATOR_VERSION)},
+                "licenses": [],
+                "images": images,
+                "annotations": annotations,
+                "categories": categories,
+            }
+            (tmp / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(dataset))
+            objects[split] = len(annotations)
+        return {"classes": list(SHAPES), "counts": counts, "objects": objects}
+
+    return _generate_atomically(root, "detection", params, write)
+
+
+def _coco_annotation(annotation_id: int, image_id: int, category_id: int, mask: np.ndarray) -> dict[str, Any]:
+    """A COCO instance annotation of a boolean mask: tight xywh box, pixel area, RLE segmentation."""
+    x0, y0, x1, y1 = mask_bbox(mask)
+    rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
+    return {
+        "id": annotation_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "bbox": [x0, y0, x1 - x0, y1 - y0],
+        "area": int(mask.sum()),
+        "segmentation": {"size": [int(n) for n in rle["size"]], "counts": rle["counts"].decode("ascii")},
+        "iscrowd": 0,
+    }
+
+
+def _check_float(params: dict[str, Any], name: str, low: float, high: float) -> None:
+    value = params[name]
+    number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if not number or not low <= value <= high:
+        raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}")
+    params[name] = float(value)
+
+
 def _check_int(params: dict[str, Any], name: str, minimum: int) -> None:
     value = params[name]
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
@@ -572,4 +751,7 @@ def _existing_matches(root: Path, task: str, params: dict[str, Any]) -> bool:
     return True
 
 
-_GENERATORS: dict[str, Callable[..., Path]] = {"classification": generate_classification}
+_GENERATORS: dict[str, Callable[..., Path]] = {
+    "classification": generate_classification,
+    "detection": generate_detection,
+}

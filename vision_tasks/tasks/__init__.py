@@ -2,7 +2,8 @@
 
 from .base import CHECKPOINT_KEY, VisionTask
 from .classification import ClassificationTask
+from .detection import DetectionTask
 
-TASKS: dict[str, type[VisionTask]] = {cls.name: cls for cls in (ClassificationTask,)}
+TASKS: dict[str, type[VisionTask]] = {cls.name: cls for cls in (ClassificationTask, DetectionTask)}
 
-__all__ = ["CHECKPOINT_KEY", "TASKS", "ClassificationTask", "VisionTask"]
+__all__ = ["CHECKPOINT_KEY", "TASKS", "ClassificationTask", "DetectionTask", "VisionTask"]

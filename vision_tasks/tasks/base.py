@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Iterable
 
 import pytorch_lightning as pl
@@ -53,6 +54,7 @@ class VisionTask(pl.LightningModule):
         self.scheduler_interval = scheduler_interval
         self.norm_weight_decay = norm_weight_decay
         self.class_names: list[str] | None = None
+        self.keep_results = False  # tools/test.py: keep per-sample results for export_results()
 
     def forward(self, images: torch.Tensor) -> Any:
         return self.model(images)
@@ -69,13 +71,19 @@ class VisionTask(pl.LightningModule):
         optimizer = self.optimizer_factory(param_groups(self.model, self.norm_weight_decay))
         if self.scheduler_factory is None:
             return optimizer
-        if self.scheduler_interval == "step":
-            # per-batch schedules are built knowing the epoch length (see WarmupCosineLR)
-            steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // max(1, self.trainer.max_epochs))
+        if self.scheduler_interval == "step" and _accepts(self.scheduler_factory, "steps_per_epoch"):
+            # per-batch schedules given in epochs are built knowing the epoch length (see WarmupCosineLR);
+            # others (StepLR, ExponentialLR ...) count batches themselves
+            epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+            steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // epochs)
             scheduler = self.scheduler_factory(optimizer, steps_per_epoch=int(steps_per_epoch))
         else:
             scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+
+    def export_results(self, run_dir) -> Any:
+        """Write the results kept during the last evaluation (``keep_results``) into ``run_dir``; none by default."""
+        return None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {
@@ -91,3 +99,11 @@ class VisionTask(pl.LightningModule):
             raise ValueError(f"this checkpoint was trained for task {meta.get('task')!r}, not {self.name!r}")
         if meta is not None and meta.get("class_names"):
             self.class_names = list(meta["class_names"])
+
+
+def _accepts(factory: Callable, name: str) -> bool:
+    """Whether ``factory`` (a class, function or ``functools.partial``) takes a keyword argument ``name``."""
+    try:
+        return name in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,177 @@
+"""Object detection (paper section 6.2): SSD losses, COCO-protocol mAP from torchmetrics over pycocotools."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torchmetrics.detection import MeanAveragePrecision
+from torchvision.ops import box_convert
+
+from .base import OptimizerFactory, SchedulerFactory, VisionTask
+
+# The scalar results of torchmetrics' MeanAveragePrecision that are logged (COCO's AP/AR summary).
+MAP_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10", "mar_100")
+
+
+class DetectionTask(VisionTask):
+    """Trains and evaluates an SSD-style detector such as :func:`vision_tasks.models.ssdlite_mobilenet_v2`.
+
+    The model provides ``forward_head(images)``, ``loss(head_out, targets)`` and
+    ``postprocess(head_out, image_size)`` (see :class:`~vision_tasks.models.SSDLiteMobileNetV2`);
+    batches are ``(images, targets)`` as :func:`vision_tasks.data.detection_collate` makes them.
+
+    Evaluation follows the COCO protocol through torchmetrics' ``MeanAveragePrecision``
+    (pycocotools backend): detections and ground truth are scaled back to each image's original
+    size, crowd (and VOC "difficult") boxes are ignored as COCO does, and the annotation ``area``
+    decides small / medium / large. Logs ``val/map``, ``val/map_50``, ``val/map_75``,
+    ``val/map_{small,medium,large}``, ``val/mar_{1,10,100}``, ``val/loss`` and the training losses.
+
+    With ``keep_results = True`` (set by ``tools/test.py``) the detections of the last evaluation
+    are kept and :meth:`export_results` writes them as ``detections.json`` in the COCO results
+    format, with the dataset's own image and category ids.
+
+    Args:
+        model: the detector; it must expose an integer ``num_classes`` (foreground classes).
+        optimizer, scheduler, scheduler_interval, norm_weight_decay: see :class:`VisionTask`.
+        localization_weight: weight of the box loss against the classification loss (TF: 1.0).
+    """
+
+    name = "detection"
+    monitor = "val/map"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        scheduler_interval: str = "epoch",
+        norm_weight_decay: float | None = None,
+        localization_weight: float = 1.0,
+    ) -> None:
+        super().__init__(model, optimizer, scheduler, scheduler_interval, norm_weight_decay)
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
+        if not isinstance(getattr(model, "num_classes", None), int):
+            raise ValueError(f"{type(model).__name__} must expose an integer num_classes attribute")
+        for method in ("forward_head", "loss", "postprocess"):
+            if not callable(getattr(model, method, None)):
+                raise ValueError(f"{type(model).__name__} has no {method}() method; DetectionTask needs an SSD-style model")
+        self.localization_weight = localization_weight
+        self.val_map = self._map_metric()
+        self.test_map = self._map_metric()
+        self.category_ids: list[int] | None = None
+        self.detections: list[dict[str, Any]] = []
+
+    @staticmethod
+    def _map_metric() -> MeanAveragePrecision:
+        return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        ids = getattr(datamodule, "category_ids", None)
+        if ids is not None:
+            self.category_ids = [int(i) for i in ids]
+
+    # ---------------------------------------------------------------- training
+    def _losses(self, head_out: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        losses = self.model.loss(head_out, targets)
+        total = losses["classification"] + self.localization_weight * losses["localization"]
+        return {"loss": total, "loss_cls": losses["classification"], "loss_box": losses["localization"]}
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        losses = self._losses(self.model.forward_head(images), targets)
+        batch_size = images.shape[0]
+        self.log("train/loss", losses["loss"], prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size)
+        self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, on_step=False, on_epoch=True,
+                      batch_size=batch_size)
+        return losses["loss"]
+
+    # ---------------------------------------------------------------- evaluation
+    def _evaluate(self, batch, metric: MeanAveragePrecision, stage: str) -> None:
+        images, targets = batch
+        head_out = self.model.forward_head(images)
+        loss = self._losses(head_out, targets)["loss"]
+        self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=images.shape[0])
+        detections = self.model.postprocess(head_out, tuple(images.shape[-2:]))
+        detections = [_to_original_size(d, t, images.shape[-2:]) for d, t in zip(detections, targets)]
+        ground_truth = [
+            {
+                **_to_original_size({"boxes": t["boxes"]}, t, images.shape[-2:]),
+                "labels": t["labels"],
+                "iscrowd": t["iscrowd"],
+                "area": t["area"],
+            }
+            for t in targets
+        ]
+        metric.update(detections, ground_truth)
+        if self.keep_results:
+            self.detections += self._coco_results(detections, targets)
+
+    def _log_map(self, metric: MeanAveragePrecision, stage: str) -> None:
+        results = metric.compute()
+        for key in MAP_KEYS:  # already reduced over processes by torchmetrics
+            self.log(f"{stage}/{key}", results[key].float(), prog_bar=key in ("map", "map_50"))
+        metric.reset()
+
+    def on_validation_epoch_start(self) -> None:
+        self.detections = []
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_map, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_map(self.val_map, "val")
+
+    def on_test_epoch_start(self) -> None:
+        self.detections = []
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_map, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_map(self.test_map, "test")
+
+    def predict_step(self, batch, batch_idx: int) -> list[dict[str, torch.Tensor]]:
+        images, targets = batch
+        detections = self.model.postprocess(self.model.forward_head(images), tuple(images.shape[-2:]))
+        return [_to_original_size(d, t, images.shape[-2:]) for d, t in zip(detections, targets)]
+
+    # ---------------------------------------------------------------- COCO results
+    def _coco_results(self, detections: list[dict[str, torch.Tensor]], targets: list[dict[str, Any]]) -> list[dict]:
+        """Detections in the COCO results format: the dataset's image and category ids, xywh boxes."""
+        ids = self.category_ids or list(range(1, self.model.num_classes + 1))
+        results = []
+        for det, target in zip(detections, targets):
+            image_id = int(target["image_id"])
+            boxes = box_convert(det["boxes"], "xyxy", "xywh").tolist()
+            for box, score, label in zip(boxes, det["scores"].tolist(), det["labels"].tolist()):
+                results.append({"image_id": image_id, "category_id": ids[label],
+                                "bbox": [round(v, 2) for v in box], "score": round(score, 5)})
+        return results
+
+    def export_results(self, run_dir: str | Path) -> Path | None:
+        """Write the kept detections of the last evaluation as ``run_dir/detections.json`` (all processes' results)."""
+        detections = self.detections
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list[list[dict]] = [[] for _ in range(dist.get_world_size())]
+            dist.all_gather_object(gathered, detections)
+            detections = [d for part in gathered for d in part]
+        if self._trainer is not None and not self._trainer.is_global_zero:
+            return None
+        path = Path(run_dir) / "detections.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(detections))
+        return path
+
+
+def _to_original_size(detection: dict[str, torch.Tensor], target: dict[str, Any], input_size) -> dict[str, torch.Tensor]:
+    """Scale ``detection["boxes"]`` from the network input (resized image) back to the image on disk."""
+    height, width = (int(v) for v in target["orig_size"])
+    scale = detection["boxes"].new_tensor([width / input_size[1], height / input_size[0]] * 2)
+    return {**detection, "boxes": detection["boxes"] * scale}
