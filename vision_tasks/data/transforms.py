@@ -111,8 +111,9 @@ BBOX_FIELDS: tuple[str, ...] = ("labels", "iscrowd", "area")
 
 # "ssd": the SSD paper's augmentation (torchvision's "ssd" preset): photometric distortion, zoom-out,
 # min-IoU crop, flip. "ssdlite": torchvision's lighter preset and the TF ssdlite_mobilenet_v2 config
-# (min-IoU crop, flip). "none": resize only. All end in the same fixed-size resize.
-DETECTION_AUGMENTATIONS: tuple[str, ...] = ("ssd", "ssdlite", "none")
+# (min-IoU crop, flip). "flip": horizontal flip only. "none": resize only. All end in the same
+# fixed-size resize.
+DETECTION_AUGMENTATIONS: tuple[str, ...] = ("ssd", "ssdlite", "flip", "none")
 
 
 def detection_train_transform(
@@ -138,7 +139,8 @@ def detection_train_transform(
     4. horizontal flip with probability 0.5; 5. resize to ``image_size`` square (aspect not kept:
        SSD's fixed-shape resizer).
 
-    ``"ssdlite"`` is 3, 4, 5; ``"none"`` only 5. Then the normalisation tail of the classification
+    ``"ssdlite"`` is 3, 4, 5; ``"flip"`` 4, 5 (for data whose objects already vary in size and
+    place, such as the synthetic set); ``"none"`` only 5. Then the normalisation tail of the classification
     pipelines (``mean``, ``std``, ``normalization``, ``grayscale``; see
     :func:`classification_train_transform`). Call it with ``image``, ``bboxes`` (pascal_voc) and the
     :data:`BBOX_FIELDS`; output image float32 ``(3, image_size, image_size)``.
@@ -150,7 +152,9 @@ def detection_train_transform(
     if augmentation == "ssd":
         steps += [_photometric_distort(), ZoomOut(side_range=(1.0, 4.0), fill=tuple(255.0 * m for m in mean), p=0.5)]
     if augmentation in ("ssd", "ssdlite"):
-        steps += [RandomIoUCrop(), A.HorizontalFlip(p=0.5)]
+        steps.append(RandomIoUCrop())
+    if augmentation != "none":
+        steps.append(A.HorizontalFlip(p=0.5))
     resize = A.Resize(image_size, image_size)
     return _detection_compose([*steps, resize, *_normalize(mean, std, normalization, grayscale)])
 

@@ -1,0 +1,162 @@
+"""DetectionTask: COCO-protocol mAP on hand-made cases, detections.json equal to pycocotools' own
+evaluation of the annotation file, and an SSDLite overfit on a handful of synthetic images."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torch import nn
+
+from vision_tasks.data import SyntheticDetectionDataModule, detection_collate
+from vision_tasks.models import ssdlite_mobilenet_v2
+from vision_tasks.tasks import DetectionTask
+
+
+class ScriptedDetector(nn.Module):
+    """Returns, batch after batch, the detections it was given (in network-input pixels)."""
+
+    def __init__(self, batches: list[list[dict[str, torch.Tensor]]], num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.weight = nn.Parameter(torch.zeros(()))
+        self.batches = list(batches)
+        self.config = {}
+
+    def forward_head(self, images):
+        return {"n": images.shape[0]}
+
+    def loss(self, head_out, targets):
+        zero = self.weight * 0
+        return {"classification": zero, "localization": zero}
+
+    def postprocess(self, head_out, image_size):
+        return self.batches.pop(0)
+
+
+def _validate(task: DetectionTask, batches) -> dict[str, float]:
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu")
+    return trainer.validate(task, dataloaders=batches, verbose=False)[0]
+
+
+def _target(boxes, labels, orig_size, image_id):
+    boxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    return {"boxes": boxes, "labels": torch.tensor(labels, dtype=torch.int64),
+            "iscrowd": torch.zeros(len(labels), dtype=torch.int64),
+            "area": (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) * 4,  # original pixels (x2 per side)
+            "image_id": image_id, "orig_size": torch.tensor(orig_size)}
+
+
+def _det(boxes, scores, labels):
+    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), "scores": torch.tensor(scores),
+            "labels": torch.tensor(labels, dtype=torch.int64)}
+
+
+def test_map_on_hand_made_detections(tmp_path):
+    images = torch.zeros(2, 3, 100, 100)  # the network input; the images on disk were 200x200
+    targets = [_target([[10, 10, 50, 50]], [0], (200, 200), 7), _target([[20, 30, 90, 80]], [1], (200, 200), 9)]
+    perfect = [_det([[10, 10, 50, 50]], [0.9], [0]), _det([[20, 30, 90, 80]], [0.8], [1])]
+    task = DetectionTask(ScriptedDetector([perfect], num_classes=2))
+    task.keep_results = True
+    metrics = _validate(task, [(images, targets)])
+    assert metrics["val/map"] == pytest.approx(1.0)
+    assert metrics["val/map_50"] == pytest.approx(1.0)
+
+    # detections.json: original pixels (x2), xywh, the dataset's image ids and category ids
+    task.category_ids = [3, 11]
+    task.detections = task._coco_results(perfect, targets)
+    written = json.loads(task.export_results(tmp_path).read_text())
+    assert written[0] == {"image_id": 7, "category_id": 3, "bbox": [20.0, 20.0, 80.0, 80.0], "score": 0.9}
+    assert written[1]["category_id"] == 11 and written[1]["bbox"] == [40.0, 60.0, 140.0, 100.0]
+
+    # one of the two objects found, one with the wrong class: AP 1 for class 0, 0 for class 1
+    half = [_det([[10, 10, 50, 50]], [0.9], [0]), _det([[20, 30, 90, 80]], [0.8], [0])]
+    metrics = _validate(DetectionTask(ScriptedDetector([half], num_classes=2)), [(images, targets)])
+    assert metrics["val/map"] == pytest.approx(0.5)
+    # a box shifted to IoU 0.6 counts at 0.5 but not at 0.75
+    shifted = [_det([[10, 10, 50, 50]], [0.9], [0]), _det([[20, 30, 90, 80]], [0.8], [1])]
+    shifted[0]["boxes"] = torch.tensor([[10.0, 10.0, 50.0, 50.0 / 0.6 - 10 / 0.6 + 10]])  # height 40 -> 66.7: IoU 0.6
+    metrics = _validate(DetectionTask(ScriptedDetector([shifted], num_classes=2)), [(images, targets)])
+    assert metrics["val/map_50"] == pytest.approx(1.0)
+    assert metrics["val/map_75"] == pytest.approx(0.5)
+
+
+def test_crowd_boxes_are_ignored_as_coco_does():
+    images = torch.zeros(1, 3, 100, 100)
+    target = _target([[10, 10, 50, 50], [60, 60, 95, 95]], [0, 0], (100, 100), 1)
+    target["iscrowd"] = torch.tensor([0, 1])
+    # a detection on the crowd region is neither a true nor a false positive; the crowd is not a miss
+    dets = [_det([[10, 10, 50, 50], [60, 60, 95, 95]], [0.5, 0.9], [0, 0])]
+    metrics = _validate(DetectionTask(ScriptedDetector([dets], num_classes=1)), [(images, [target])])
+    assert metrics["val/map"] == pytest.approx(1.0)
+
+
+def _noisy_detections(datamodule, seed: int = 0):
+    """Ground truth jittered, with random scores and some false positives and misses: an mAP in between."""
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for images, targets in datamodule.val_dataloader():
+        batch = []
+        for t in targets:
+            keep = torch.rand(len(t["boxes"]), generator=g) > 0.2
+            boxes = t["boxes"][keep] + torch.randn(int(keep.sum()), 4, generator=g) * 2.0
+            false = torch.rand(2, 2, generator=g) * 30
+            boxes = torch.cat([boxes, torch.cat([false, false + 10], dim=1)])
+            labels = torch.cat([t["labels"][keep], torch.randint(0, datamodule.num_classes, (2,), generator=g)])
+            batch.append({"boxes": boxes, "scores": torch.rand(len(boxes), generator=g), "labels": labels})
+        batches.append(batch)
+    return batches
+
+
+def test_detections_json_gives_pycocotools_the_same_numbers(tmp_path):
+    # 48 px network input for 64 px images: boxes go back to the files' pixels before evaluation
+    datamodule = SyntheticDetectionDataModule(
+        str(tmp_path / "synthetic"), num_train=2, num_val=12, synthetic_image_size=64, image_size=48,
+        batch_size=4, num_workers=0,
+    )
+    datamodule.prepare_data()
+    datamodule.setup("validate")
+    task = DetectionTask(ScriptedDetector(_noisy_detections(datamodule), datamodule.num_classes))
+    task.keep_results = True
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu",
+                         enable_model_summary=False)
+    metrics = trainer.validate(task, datamodule=datamodule, verbose=False)[0]
+    assert 0.2 < metrics["val/map"] < 0.95, metrics  # neither trivial nor hopeless
+    results = task.export_results(tmp_path / "out")
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(datamodule.val_annotation_file))
+        evaluator = COCOeval(coco, coco.loadRes(str(results)), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    assert metrics["val/map"] == pytest.approx(evaluator.stats[0], abs=2e-3)
+    assert metrics["val/map_50"] == pytest.approx(evaluator.stats[1], abs=2e-3)
+    assert metrics["val/map_75"] == pytest.approx(evaluator.stats[2], abs=2e-3)
+
+
+def test_ssdlite_overfits_a_handful_of_synthetic_images(tmp_path, one_thread):
+    torch.manual_seed(0)
+    datamodule = SyntheticDetectionDataModule(
+        str(tmp_path / "synthetic"), num_train=8, num_val=2, synthetic_image_size=96, image_size=96,
+        min_objects=1, max_objects=2, min_size=0.25, max_size=0.6, augmentation="none", batch_size=8,
+        num_workers=0,
+    )
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    images, targets = detection_collate([datamodule.train_dataset[i] for i in range(8)])
+    model = ssdlite_mobilenet_v2(num_classes=datamodule.num_classes, image_size=96, width_mult=0.5)
+    task = DetectionTask(model, optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3, weight_decay=0.0))
+    trainer = pl.Trainer(max_steps=120, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu", limit_val_batches=0)
+    trainer.fit(task, train_dataloaders=[(images, targets)] * 120)
+    # evaluated on the very images it was trained on, with the batch statistics it has learnt
+    metrics = _validate(task, [(images, targets)])
+    assert metrics["val/map_50"] >= 0.8, metrics
