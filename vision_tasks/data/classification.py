@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from .errors import DataError
+from .loaders import SplitDataModule
 from .synthetic import MANIFEST_NAME, generate_classification, synthetic_root
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, classification_eval_transform, classification_train_transform
 
@@ -196,7 +196,7 @@ def _chunks(items: Iterable[Path], size: int) -> Iterable[list[Path]]:
         yield chunk
 
 
-class ImageFolderDataModule(pl.LightningDataModule):
+class ImageFolderDataModule(SplitDataModule):
     """Train/val loaders over ``root/{train_dir,val_dir}/<class>/*.jpg`` (ImageNet or any ImageFolder).
 
     ``setup`` scans and checks the splits (see :func:`scan_image_folder`) and requires the same
@@ -234,19 +234,16 @@ class ImageFolderDataModule(pl.LightningDataModule):
         normalization: str = "standard",
         grayscale: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size=batch_size, num_workers=num_workers)
         self.save_hyperparameters()
         self.root = Path(root).expanduser()
         self.train_dir, self.val_dir = train_dir, val_dir
-        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.verify_images = verify_images
         self.requested_classes = list(class_names) if class_names is not None else None
         # Built now so that a bad augmentation argument fails at construction, not at setup.
         norm = dict(mean=mean, std=std, normalization=normalization, grayscale=grayscale)
         self.train_transform = classification_train_transform(image_size, scale=scale, hflip=hflip, **norm)
         self.eval_transform = classification_eval_transform(image_size, resize_size=resize_size, **norm)
-        self.train_dataset: ImageFolderDataset | None = None
-        self.val_dataset: ImageFolderDataset | None = None
         self._class_names: list[str] | None = None
 
     @property
@@ -284,36 +281,6 @@ class ImageFolderDataModule(pl.LightningDataModule):
             if not only_here and not only_before:
                 detail = "same names in another order"
             raise DataError(f"the classes of {split_dir} differ from those of the other split ({detail})")
-
-    def train_dataloader(self) -> DataLoader:
-        dataset = self._require(self.train_dataset, "fit")
-        return self._loader(dataset, shuffle=True, drop_last=len(dataset) > self.batch_size)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self._require(self.val_dataset, "validate"))
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self._require(self.val_dataset, "test"))
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self._require(self.val_dataset, "predict"))
-
-    def _require(self, dataset: ImageFolderDataset | None, stage: str) -> ImageFolderDataset:
-        if dataset is None:
-            raise RuntimeError(f"{type(self).__name__}: call setup({stage!r}) before asking for its dataloader")
-        return dataset
-
-    def _loader(self, dataset: ImageFolderDataset, *, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
-
 
 class SyntheticClassificationDataModule(ImageFolderDataModule):
     """The embedded default: the synthetic shapes set (:func:`generate_classification`), read as an ImageFolder.

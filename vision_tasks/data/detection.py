@@ -42,13 +42,13 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from .classification import load_rgb
 from .errors import DataError
+from .loaders import SplitDataModule
 from .synthetic import MANIFEST_NAME, SHAPES, default_data_dir, generate_detection, synthetic_root
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, detection_eval_transform, detection_train_transform
 
@@ -556,11 +556,13 @@ def detection_collate(batch: Sequence[tuple[torch.Tensor, Target]]) -> tuple[tor
 # Data modules
 
 
-class _DetectionDataModule(pl.LightningDataModule):
+class _DetectionDataModule(SplitDataModule):
     """Loaders, pipelines and category bookkeeping shared by the detection data modules.
 
     Subclasses read a split with :meth:`_read_train` / :meth:`_read_val`.
     """
+
+    collate_fn = staticmethod(detection_collate)
 
     def __init__(
         self,
@@ -574,14 +576,11 @@ class _DetectionDataModule(pl.LightningDataModule):
         batch_size: int,
         num_workers: int,
     ) -> None:
-        super().__init__()
-        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        super().__init__(batch_size=batch_size, num_workers=num_workers)
         # Built now so that a bad augmentation argument fails at construction, not at setup.
         norm = dict(mean=mean, std=std, normalization=normalization, grayscale=grayscale)
         self.train_transform = detection_train_transform(image_size, augmentation=augmentation, **norm)
         self.eval_transform = detection_eval_transform(image_size, **norm)
-        self.train_dataset: DetectionDataset | None = None
-        self.val_dataset: DetectionDataset | None = None
         self._categories: tuple[list[str], list[int]] | None = None
 
     def _read_train(self) -> DetectionAnnotations:
@@ -630,37 +629,6 @@ class _DetectionDataModule(pl.LightningDataModule):
             )
         self._categories = found
         return DetectionDataset(annotations.records, transform)
-
-    def train_dataloader(self) -> DataLoader:
-        dataset = self._require(self.train_dataset, "fit")
-        return self._loader(dataset, shuffle=True, drop_last=len(dataset) > self.batch_size)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self._require(self.val_dataset, "validate"))
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self._require(self.val_dataset, "test"))
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self._require(self.val_dataset, "predict"))
-
-    def _require(self, dataset: DetectionDataset | None, stage: str) -> DetectionDataset:
-        if dataset is None:
-            raise RuntimeError(f"{type(self).__name__}: call setup({stage!r}) before asking for its dataloader")
-        return dataset
-
-    def _loader(self, dataset: DetectionDataset, *, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            collate_fn=detection_collate,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
-
 
 class CocoDetectionDataModule(_DetectionDataModule):
     """Train/val loaders over a COCO-layout dataset: ``root/annotations/instances_<split>.json``, ``root/<split>/``.

@@ -1,0 +1,58 @@
+"""The loader plumbing every data module of this package shares: train/val datasets to DataLoaders."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["SplitDataModule"]
+
+
+class SplitDataModule(pl.LightningDataModule):
+    """Base of the data modules: ``setup`` fills ``train_dataset`` / ``val_dataset``; this serves them.
+
+    Training shuffles and drops the last incomplete batch (when there is more than one batch);
+    ``test`` and ``predict`` use the val split. Subclasses set ``collate_fn`` when samples need
+    more than default stacking (detection targets of varying length).
+    """
+
+    collate_fn: Callable[[list[Any]], Any] | None = None
+
+    def __init__(self, *, batch_size: int, num_workers: int) -> None:
+        super().__init__()
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self._require(self.train_dataset, "fit")
+        return self._loader(dataset, shuffle=True, drop_last=len(dataset) > self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._require(self.val_dataset, "validate"))
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self._require(self.val_dataset, "test"))
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self._require(self.val_dataset, "predict"))
+
+    def _require(self, dataset: Dataset | None, stage: str) -> Dataset:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}: call setup({stage!r}) before asking for its dataloader")
+        return dataset
+
+    def _loader(self, dataset: Dataset, *, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            collate_fn=type(self).collate_fn,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
