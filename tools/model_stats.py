@@ -5,14 +5,15 @@ Counting convention (PAPER.md section 9, ``vision_tasks.stats``): params include
 image, FlopCounterMode FLOPs / 2. The TF-Slim checkpoint table counts params without BN and with
 1001 classes, so it is compared with our count in that convention.
 
-Each table is a "section": a title, its columns and a function that returns its rows. Later models
-(DeepLabv3, Table 7) add a section to ``SECTIONS``.
+Each table is a "section": a title, its columns and a function that returns its rows
+(``SECTIONS``): classification (Table 2 / Slim table), ssdlite (Tables 5 and 6), deeplab (Table 7).
 
 Usage::
 
     python tools/model_stats.py                                  # every section, paper defaults
     python tools/model_stats.py --section classification --resolution 224 192 160 128 96
     python tools/model_stats.py --section ssdlite --ssdlite-resolution 300 320
+    python tools/model_stats.py --section deeplab --deeplab-resolution 513
     python tools/model_stats.py --json stats.json
 """
 
@@ -29,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from vision_tasks.models import mobilenet_v2_classifier, ssdlite_mobilenet_v2  # noqa: E402
+from vision_tasks.models import deeplabv3_mobilenet_v2, mobilenet_v2_classifier, ssdlite_mobilenet_v2  # noqa: E402
 from vision_tasks.stats import MADD_OPS, count_params, flops_by_op  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
@@ -55,6 +56,17 @@ CALC_MACS_224: dict[float, float] = {1.4: 582.2, 1.3: 509.4, 1.0: 300.8, 0.75: 2
 SSDLITE_PAPER_RESOLUTION = 320
 TABLE6_SSDLITE = (4.3e6, 0.8e9)  # Table 6, MNet V2 + SSDLite: params, MAdds
 TABLE5_SSDLITE_HEAD = (2.1e6, 0.35e9)  # Table 5, SSDLite head: params, MAdds
+
+# [P] Table 7, the "MNet V2*" rows (head on layer18, 21 classes, 513x513 PASCAL input):
+# (output stride, ASPP, MF) -> (params, MAdds). MF = inputs at scales 0.5 ... 1.75, each also flipped.
+DEEPLAB_PAPER_RESOLUTION = 513
+TABLE7_MNV2: dict[tuple[int, bool, bool], tuple[float, float]] = {
+    (16, True, False): (4.52e6, 5.8e9),
+    (8, True, True): (4.52e6, 387e9),
+    (16, False, False): (2.11e6, 2.75e9),
+    (8, False, True): (2.11e6, 152.6e9),
+}
+MF_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 # ---------------------------------------------------------------------------------------------
 # Table machinery shared by all sections.
@@ -250,7 +262,62 @@ SSDLITE = Section(
     ],
 )
 
-SECTIONS: dict[str, Section] = {s.name: s for s in (CLASSIFICATION, SSDLITE)}
+# ---------------------------------------------------------------------------------------------
+# Section: DeepLabv3 segmentation (paper Table 7).
+
+
+def deeplab_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    # Table 7's rows, then TF DeepLab's own ASPP variant (depthwise-separable atrous branches).
+    variants = [(*key, False) for key in TABLE7_MNV2] + [(16, True, False, True)]
+    rows = []
+    for output_stride, aspp, mf, separable in variants:
+        model = deeplabv3_mobilenet_v2(num_classes=21, output_stride=output_stride, aspp=aspp,
+                                       separable_aspp=separable)
+        params = count_params(model)
+        model = model.to("meta")  # FlopCounterMode needs shapes only: count big MF inputs without computing them
+        for resolution in args.deeplab_resolution:
+            sizes = [round(resolution * s) for s in MF_SCALES] if mf else [resolution]
+            counted = [measure_madds(model, size) for size in sizes]
+            madds = sum(n for n, _ in counted) * (2 if mf else 1)  # MF: every scale also left-right flipped
+            paper = TABLE7_MNV2.get((output_stride, aspp, mf)) if not separable else None
+            p_params = paper[0] if paper else None
+            p_madds = paper[1] if paper and resolution == DEEPLAB_PAPER_RESOLUTION else None
+            head = "separable ASPP" if separable else ("ASPP" if aspp else "no ASPP")
+            rows.append(
+                dict(
+                    section="deeplab", model=f"MNV2* OS{output_stride} {head}" + (" MF" if mf else ""),
+                    output_stride=output_stride, aspp=aspp, separable_aspp=separable, mf=mf,
+                    resolution=resolution, params=params, paper_params=p_params,
+                    d_paper_params=rel_diff(params, p_params), madds=madds, paper_madds=p_madds,
+                    d_paper_madds=rel_diff(madds, p_madds), flop_ops=sorted({op for _, ops in counted for op in ops}),
+                )
+            )
+    return rows
+
+
+DEEPLAB = Section(
+    name="deeplab",
+    title="DeepLabv3 MobileNetV2* (head on layer18), 21 classes (paper Table 7)",
+    columns=[
+        Column("model", "model"),
+        Column("resolution", "res"),
+        Column("params", "params", _fmt_int),
+        Column("paper_params", "Table7(M)", _fmt_m(2)),
+        Column("d_paper_params", "d", _fmt_pct),
+        Column("madds", "MAdds(B)", lambda v: "-" if v is None else f"{v / 1e9:.2f}"),
+        Column("paper_madds", "Table7(B)", lambda v: "-" if v is None else f"{v / 1e9:.2f}"),
+        Column("d_paper_madds", "d", _fmt_pct),
+    ],
+    rows=deeplab_rows,
+    notes=[
+        "ASPP: three regular 3x3 atrous convs (rates 6/12/18 at OS 16, 12/24/36 at OS 8), which Table 7's 4.52M "
+        "implies; separable ASPP is TF DeepLab's default (not in Table 7).",
+        "MF: the image at scales 0.5, 0.75, ..., 1.75 of the input side, each also flipped: the sum of the 12 passes.",
+        "The released TF models (PAPER.md section 4.2) are the no-ASPP rows.",
+    ],
+)
+
+SECTIONS: dict[str, Section] = {s.name: s for s in (CLASSIFICATION, SSDLITE, DEEPLAB)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -266,12 +333,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ssdlite-resolution", type=int, nargs="+", default=[300, 320],
                         help="SSDLite input sizes (square; the TF config uses 300, the paper 320)")
     parser.add_argument("--ssdlite-classes", type=int, default=80, help="SSDLite foreground classes")
+    parser.add_argument("--deeplab-resolution", type=int, nargs="+", default=[DEEPLAB_PAPER_RESOLUTION],
+                        help="DeepLabv3 input sizes (square; the paper's PASCAL crop is 513)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the rows as JSON")
     args = parser.parse_args(argv)
     if any(r < 32 for r in args.resolution):
         parser.error(f"--resolution values must be >= 32, got {args.resolution}")
     if any(r < 32 for r in args.ssdlite_resolution):
         parser.error(f"--ssdlite-resolution values must be >= 32, got {args.ssdlite_resolution}")
+    if any(r < 32 for r in args.deeplab_resolution):
+        parser.error(f"--deeplab-resolution values must be >= 32, got {args.deeplab_resolution}")
     if any(w <= 0 for w in args.widths):
         parser.error(f"--widths must be positive, got {args.widths}")
     if args.num_classes < 1:

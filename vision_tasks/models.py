@@ -18,18 +18,24 @@ from heads import (
     EXTRA_DEPTHS,
     BoxCoder,
     ClassifierHead,
+    DeepLabV3Head,
     DefaultBoxGenerator,
+    FCNAuxHead,
     SSDLiteHead,
     SSDLoss,
+    aspp_rates,
     postprocess_detections,
+    upsample_logits,
 )
 
 __all__ = [
+    "DeepLabV3MobileNetV2",
     "MobileNetV2Classifier",
     "SSDLiteMobileNetV2",
     "mobilenet_v2_classifier",
     "ssdlite_mobilenet_v2",
     "build_model",
+    "deeplabv3_mobilenet_v2",
     "MODELS",
 ]
 
@@ -253,10 +259,134 @@ def ssdlite_mobilenet_v2(
     return model
 
 
+class DeepLabV3MobileNetV2(nn.Module):
+    """Mobile DeepLabv3 (paper section 6.3, Table 7): MobileNetV2 with dilation + :class:`heads.DeepLabV3Head`.
+
+    The backbone runs at ``output_stride`` 16 or 8 (later strides become dilation, TF-Slim/DeepLab
+    convention) and is tapped at ``feature`` (``layer18``, the 320-channel "second last feature
+    map" of the paper's "MNet V2*"; ``layer19`` is the 1280-channel alternative). The head's logits
+    are resized to the input size bilinearly with corners aligned (TF DeepLab); take the argmax after
+    that. With 21 classes at width 1.0 and 513x513 input: 2.11M parameters and 2.74B multiply-adds
+    without ASPP at output stride 16 (Table 7: 2.11M, 2.75B), 4.52M with ASPP (Table 7: 4.52M).
+
+    ``model(images)`` returns logits ``(N, num_classes, H, W)`` at the input size.
+    :meth:`forward_with_aux` also returns the auxiliary head's logits (``aux_feature``), used for an
+    auxiliary training loss.
+
+    Args:
+        num_classes: classes including the background (21 for Pascal VOC).
+        output_stride: 8, 16 or 32 (the backbone's; see :class:`backbones.MobileNetV2`).
+        aspp: add the three 3x3 atrous branches, rates from :func:`heads.aspp_rates` (6/12/18 at 16,
+            12/24/36 at 8).
+        separable_aspp: depthwise-separable ASPP branches (TF's default) instead of regular convs.
+        width_mult: backbone width multiplier.
+        feature: the backbone tap the head reads.
+        head_channels: width of the head (TF ``depth = 256``).
+        dropout: before the logits (TF keep probability 0.9).
+        aux_feature: a backbone tap for an auxiliary FCN head (e.g. ``"layer7"``, 32 channels at
+            stride 8), or ``None``.
+        freeze_bn, bn_eps, bn_momentum: BatchNorm settings of backbone and head.
+
+    Example::
+
+        model = deeplabv3_mobilenet_v2(num_classes=21, output_stride=16, aspp=False)
+        logits = model(torch.randn(1, 3, 513, 513))   # (1, 21, 513, 513)
+        labels = logits.argmax(1)
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 21,
+        output_stride: int = 16,
+        aspp: bool = False,
+        separable_aspp: bool = False,
+        width_mult: float = 1.0,
+        feature: str = "layer18",
+        head_channels: int = 256,
+        dropout: float = 0.1,
+        aux_feature: str | None = None,
+        freeze_bn: bool = False,
+        bn_eps: float = 1e-5,
+        bn_momentum: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.config: dict[str, Any] = dict(
+            num_classes=num_classes, output_stride=output_stride, aspp=aspp, separable_aspp=separable_aspp,
+            width_mult=width_mult, feature=feature, head_channels=head_channels, dropout=dropout,
+            aux_feature=aux_feature, freeze_bn=freeze_bn, bn_eps=bn_eps, bn_momentum=bn_momentum,
+        )
+        self.num_classes = num_classes
+        self.feature = feature
+        self.aux_feature = aux_feature
+        taps = (feature,) if aux_feature is None else (aux_feature, feature)
+        self.backbone = backbones.create_backbone(
+            "mobilenet_v2", width_mult=width_mult, output_stride=output_stride, out_features=taps,
+            freeze_bn=freeze_bn, bn_eps=bn_eps, bn_momentum=bn_momentum,
+        )
+        channels = {info.name: info.channels for info in self.backbone.feature_info}
+        bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
+        self.head = DeepLabV3Head(
+            channels[feature], num_classes, channels=head_channels,
+            atrous_rates=aspp_rates(output_stride) if aspp else None, separable=separable_aspp, dropout=dropout, **bn,
+        )
+        self.aux_head = None if aux_feature is None else FCNAuxHead(channels[aux_feature], num_classes, **bn)
+
+    def forward_with_aux(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(logits, aux_logits)``, both ``(N, num_classes, H, W)`` at the input size; ``aux_logits`` is
+        ``None`` without an auxiliary head."""
+        features = self.backbone(images)
+        size = images.shape[-2:]
+        logits = upsample_logits(self.head(features[self.feature]), size)
+        if self.aux_head is None:
+            return logits, None
+        return logits, upsample_logits(self.aux_head(features[self.aux_feature]), size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(images)
+        return upsample_logits(self.head(features[self.feature]), images.shape[-2:])
+
+
+def deeplabv3_mobilenet_v2(
+    *,
+    num_classes: int = 21,
+    output_stride: int = 16,
+    aspp: bool = False,
+    width_mult: float = 1.0,
+    weights: str | Path | None = None,
+    backbone_weights: str | Path | None = None,
+    **kwargs: Any,
+) -> DeepLabV3MobileNetV2:
+    """Build a :class:`DeepLabV3MobileNetV2`, optionally loading weights.
+
+    Args:
+        weights: a whole-model file (this project's checkpoint or state dict).
+        backbone_weights: an ImageNet classifier or backbone file (torchvision ``mobilenet_v2``,
+            this project's classifier) for the backbone; layers past the tap are skipped.
+        kwargs: the other :class:`DeepLabV3MobileNetV2` arguments.
+
+    Example::
+
+        model = deeplabv3_mobilenet_v2(num_classes=21, backbone_weights="mobilenet_v2-b0353104.pth")
+    """
+    if weights is not None and backbone_weights is not None:
+        raise ValueError("pass either weights (the whole model) or backbone_weights (ImageNet backbone), not both")
+    model = DeepLabV3MobileNetV2(
+        num_classes=num_classes, output_stride=output_stride, aspp=aspp, width_mult=width_mult, **kwargs
+    )
+    if backbone_weights is not None:
+        backbones.load_weights(model.backbone, backbone_weights)
+    if weights is not None:
+        backbones.load_weights(model, weights)
+    return model
+
+
 # Classes that checkpoints may name; rebuilding never imports an arbitrary path read from a file.
 MODELS: dict[str, type[nn.Module]] = {
     "MobileNetV2Classifier": MobileNetV2Classifier,
     "SSDLiteMobileNetV2": SSDLiteMobileNetV2,
+    "DeepLabV3MobileNetV2": DeepLabV3MobileNetV2,
 }
 
 
