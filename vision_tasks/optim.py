@@ -8,7 +8,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["WarmupCosineLR", "param_groups"]
+__all__ = ["PolyLR", "WarmupCosineLR", "param_groups"]
 
 
 class WarmupCosineLR(LambdaLR):
@@ -43,6 +43,63 @@ class WarmupCosineLR(LambdaLR):
             return eta_min_factor + (1 - eta_min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
 
         super().__init__(optimizer, factor)
+
+
+class PolyLR(LambdaLR):
+    """DeepLab's "poly" schedule: ``lr = base_lr * (1 - step / total_steps) ** power``, stepped every batch.
+
+    Durations are in optimizer steps. Built by a task with ``scheduler_interval="step"`` as
+    ``scheduler(optimizer, total_steps=trainer.estimated_stepping_batches)``, so ``trainer.max_steps``
+    (TF DeepLab's ``training_number_of_steps``, e.g. 30000) and ``trainer.max_epochs`` both work.
+
+    Args:
+        optimizer: the optimizer whose learning rates are scheduled.
+        total_steps: length of the schedule in steps; the factor reaches ``min_lr_factor`` there
+            and stays at it afterwards.
+        power: the polynomial's power (DeepLab: 0.9).
+        warmup_steps: linear warm-up from ``warmup_factor * lr`` over this many steps (an integer
+            number of steps, not a fraction); the poly decay then runs over the remaining
+            ``total_steps - warmup_steps`` steps, as TF DeepLab's ``slow_start_step`` does (whose
+            warm-up is a constant ``slow_start_learning_rate`` rather than linear).
+        warmup_factor: the factor at step 0 when warming up.
+        min_lr_factor: the final factor, TF's ``end_learning_rate / base_learning_rate``:
+            ``factor = min + (1 - min) * (1 - progress) ** power``.
+
+    A torch ``LambdaLR``: its state dict, resuming and ``get_last_lr`` work as usual.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        total_steps: int,
+        power: float = 0.9,
+        warmup_steps: int = 0,
+        warmup_factor: float = 0.01,
+        min_lr_factor: float = 0.0,
+    ) -> None:
+        if total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        total = int(total_steps)
+        # short debugging runs keep a decaying part
+        warmup = min(int(warmup_steps), total - 1)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return warmup_factor + (1 - warmup_factor) * step / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return min_lr_factor + (1 - min_lr_factor) * (1 - progress) ** power
+
+        self.total_steps, self.warmup_steps, self.power = total, warmup, power  # for inspection
+        super().__init__(optimizer, factor)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # the position (last_epoch) comes from the checkpoint, the shape from the constructor (the current
+        # config), as for WarmupCosineLR; the informational attributes must then describe the latter
+        shape = {k: self.__dict__[k] for k in ("total_steps", "warmup_steps", "power")}
+        super().load_state_dict(state_dict)
+        self.__dict__.update(shape)
 
 
 def param_groups(model: nn.Module, norm_weight_decay: float | None) -> list[dict]:

@@ -3,7 +3,8 @@
 from .base import CHECKPOINT_KEY, VisionTask
 from .classification import ClassificationTask
 from .detection import DetectionTask
+from .segmentation import SegmentationTask
 
-TASKS: dict[str, type[VisionTask]] = {cls.name: cls for cls in (ClassificationTask, DetectionTask)}
+TASKS: dict[str, type[VisionTask]] = {cls.name: cls for cls in (ClassificationTask, DetectionTask, SegmentationTask)}
 
-__all__ = ["CHECKPOINT_KEY", "TASKS", "ClassificationTask", "DetectionTask", "VisionTask"]
+__all__ = ["CHECKPOINT_KEY", "TASKS", "ClassificationTask", "DetectionTask", "SegmentationTask", "VisionTask"]

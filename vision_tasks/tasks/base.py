@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Callable, Iterable
 
 import pytorch_lightning as pl
@@ -26,8 +27,11 @@ class VisionTask(pl.LightningModule):
     callables: Hydra ``_partial_: true`` objects or LightningCLI ``class_path`` entries), so the same
     recipe is reachable from both front ends. With ``scheduler_interval="step"`` the scheduler is
     stepped every batch and built as ``scheduler(optimizer, steps_per_epoch=N)``
-    (:class:`~vision_tasks.optim.WarmupCosineLR` accepts it). Subclasses set ``name`` (the task name used by the
-    configs) and ``monitor`` (the metric that selects the best checkpoint, maximised).
+    (:class:`~vision_tasks.optim.WarmupCosineLR` accepts it) or, for a schedule that takes
+    ``total_steps`` instead (:class:`~vision_tasks.optim.PolyLR`), as
+    ``scheduler(optimizer, total_steps=trainer.estimated_stepping_batches)``. Subclasses set ``name``
+    (the task name used by the configs) and ``monitor`` (the metric that selects the best
+    checkpoint, maximised).
 
     Checkpoints carry ``checkpoint["vision_tasks"]`` = task name, model class, model config and
     class names, so ``tools/test.py`` rebuilds the model from the checkpoint alone and refuses a
@@ -77,6 +81,13 @@ class VisionTask(pl.LightningModule):
             epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
             steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // epochs)
             scheduler = self.scheduler_factory(optimizer, steps_per_epoch=int(steps_per_epoch))
+        elif self.scheduler_interval == "step" and _accepts(self.scheduler_factory, "total_steps"):
+            # per-batch schedules given in steps (PolyLR) span the whole run: max_steps or max_epochs
+            total_steps = self.trainer.estimated_stepping_batches
+            if not math.isfinite(total_steps):
+                raise ValueError("a scheduler built with total_steps needs a finite run: set trainer.max_steps or "
+                                 "trainer.max_epochs")
+            scheduler = self.scheduler_factory(optimizer, total_steps=int(total_steps))
         else:
             scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
