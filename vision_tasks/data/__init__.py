@@ -28,7 +28,28 @@ from .detection import (
     read_voc,
 )
 from .errors import DataError
-from .synthetic import SHAPES, default_data_dir, generate_classification, generate_detection, synthetic_root
+from .segmentation import (
+    IGNORE_INDEX,
+    VOC_SEG_CLASSES,
+    SegmentationDataset,
+    SegmentationFolderDataModule,
+    SegmentationRecord,
+    SyntheticSegmentationDataModule,
+    VOCSegmentationDataModule,
+    load_mask,
+    read_segmentation_folder,
+    read_voc_segmentation,
+    segmentation_collate,
+    voc_colormap,
+)
+from .synthetic import (
+    SHAPES,
+    default_data_dir,
+    generate_classification,
+    generate_detection,
+    generate_segmentation,
+    synthetic_root,
+)
 from .transforms import (
     DETECTION_AUGMENTATIONS,
     IMAGENET_MEAN,
@@ -39,15 +60,19 @@ from .transforms import (
     classification_train_transform,
     detection_eval_transform,
     detection_train_transform,
+    segmentation_eval_transform,
+    segmentation_train_transform,
 )
 
 __all__ = [
     "DETECTION_AUGMENTATIONS",
+    "IGNORE_INDEX",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
     "SHAPES",
     "VOC_CLASSES",
+    "VOC_SEG_CLASSES",
     "CocoDetectionDataModule",
     "DataError",
     "DetectionAnnotations",
@@ -56,9 +81,14 @@ __all__ = [
     "ImageFolderDataModule",
     "ImageFolderDataset",
     "RandomIoUCrop",
+    "SegmentationDataset",
+    "SegmentationFolderDataModule",
+    "SegmentationRecord",
     "SyntheticClassificationDataModule",
     "SyntheticDetectionDataModule",
+    "SyntheticSegmentationDataModule",
     "VOCDetectionDataModule",
+    "VOCSegmentationDataModule",
     "ZoomOut",
     "classification_eval_transform",
     "classification_train_transform",
@@ -68,9 +98,17 @@ __all__ = [
     "detection_train_transform",
     "generate_classification",
     "generate_detection",
+    "generate_segmentation",
+    "load_mask",
     "load_rgb",
     "read_coco",
+    "read_segmentation_folder",
     "read_voc",
+    "read_voc_segmentation",
     "scan_image_folder",
+    "segmentation_collate",
+    "segmentation_eval_transform",
+    "segmentation_train_transform",
     "synthetic_root",
+    "voc_colormap",
 ]

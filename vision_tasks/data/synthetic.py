@@ -2,7 +2,8 @@
 
 Every task's embedded default dataset is drawn here from a seed: one of :data:`SHAPES` per image for
 classification (ImageFolder layout); several shapes per image for detection (COCO JSON, with tight
-boxes and RLE masks of what is visible of each shape); later segmentation (VOC PNG masks). Only the
+boxes and RLE masks of what is visible of each shape); several shapes per image for segmentation
+(Pascal VOC layout, palette PNG class masks with a 255 "ignore" border on anti-aliased edges). Only the
 shape outline carries the class: size, position, rotation, fill (colour and texture), background and
 distractors are random nuisances, so a model has to learn shape to score well, and a broken pipeline
 (labels shuffled, wrong normalisation) shows up as chance accuracy.
@@ -30,6 +31,8 @@ Example::
     # root/train/circle/00000.png ... root/val/crescent/00049.png, root/synthetic.json
     root = generate_detection(synthetic_root("detection"))
     # root/annotations/instances_{train,val}2017.json, root/{train,val}2017/000001.png ...
+    root = generate_segmentation(synthetic_root("segmentation"))
+    # root/VOC2012/{JPEGImages,SegmentationClass}/000001.png, root/VOC2012/ImageSets/Segmentation/{train,val}.txt
 """
 
 from __future__ import annotations
@@ -62,8 +65,10 @@ __all__ = [
     "default_data_dir",
     "draw_classification_image",
     "draw_detection_image",
+    "draw_segmentation_image",
     "generate_classification",
     "generate_detection",
+    "generate_segmentation",
     "mask_bbox",
     "random_background",
     "random_box",
@@ -95,6 +100,11 @@ _SPLIT_KEYS = {"train": 0, "val": 1}  # part of every image's seed, so the split
 # layout is redrawn at most this many times before the parameters are declared unsatisfiable.
 MIN_VISIBLE_FRACTION = 0.6
 MAX_LAYOUT_ATTEMPTS = 200
+
+# Segmentation masks: a pixel takes a class when at least this fraction of it (anti-aliased coverage)
+# is that class; mixed pixels, the ~1 px anti-aliased edge of every shape, get the VOC "ignore" value.
+MIN_LABEL_FRACTION = 0.9
+SEGMENTATION_IGNORE = 255
 
 
 # --------------------------------------------------------------------------------------------------
@@ -363,6 +373,71 @@ def draw_detection_image(
         ValueError: no layout satisfied the constraints in :data:`MAX_LAYOUT_ATTEMPTS` tries (too
             many or too large objects for ``max_overlap``).
     """
+    image, labels, visible = _draw_layout(
+        image_size, rng, min_objects=min_objects, max_objects=max_objects, min_size=min_size, max_size=max_size,
+        max_overlap=max_overlap, clutter=clutter,
+    )
+    return image, [(label, v > 0.5) for label, v in zip(labels, visible)]
+
+
+def draw_segmentation_image(
+    image_size: int,
+    rng: np.random.Generator,
+    *,
+    min_objects: int = 1,
+    max_objects: int = 3,
+    min_size: float = 0.25,
+    max_size: float = 0.6,
+    max_overlap: float = 0.3,
+    clutter: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One segmentation sample: the layout of :func:`draw_detection_image` and its class mask.
+
+    The mask is uint8 ``(H, W)``: 0 background, ``label + 1`` for the shape ``SHAPES[label]``, and
+    :data:`SEGMENTATION_IGNORE` (255, VOC's "void" border) on mixed pixels. A pixel takes a class
+    (background or a shape class; overlapping shapes of one class add up) when at least
+    :data:`MIN_LABEL_FRACTION` of it is that class in the anti-aliased visible coverage; the
+    anti-aliased edge between, about one pixel wide, is ignored. (VOC's own border is ~5 px wide,
+    drawn by hand; here the exact coverage is known, so only the truly mixed pixels are ambiguous.)
+    """
+    image, labels, visible = _draw_layout(
+        image_size, rng, min_objects=min_objects, max_objects=max_objects, min_size=min_size, max_size=max_size,
+        max_overlap=max_overlap, clutter=clutter,
+    )
+    return image, _class_mask(labels, visible, (image_size, image_size))
+
+
+def _class_mask(labels: Sequence[int], visible: Sequence[np.ndarray], canvas_size: Size) -> np.ndarray:
+    """The uint8 class mask ``(H, W)`` of shapes ``labels`` with visible coverages ``visible``.
+
+    Class ``label + 1`` (0 for the background) where that class holds at least
+    :data:`MIN_LABEL_FRACTION` of the pixel, :data:`SEGMENTATION_IGNORE` elsewhere. Visible
+    coverages are alpha-compositing weights (they sum to at most 1 per pixel), so the background
+    holds the rest.
+    """
+    present = sorted(set(int(label) for label in labels))
+    fractions = np.zeros((len(present) + 1, *canvas_size), dtype=np.float32)  # row 0: background
+    for label, coverage in zip(labels, visible):
+        fractions[1 + present.index(int(label))] += coverage
+    fractions[0] = np.clip(1.0 - fractions[1:].sum(0), 0.0, 1.0)
+    classes = np.array([0] + [label + 1 for label in present], dtype=np.uint8)
+    mask = classes[np.argmax(fractions, axis=0)]
+    mask[fractions.max(axis=0) < MIN_LABEL_FRACTION - 1e-6] = SEGMENTATION_IGNORE  # float32 sums of 1/16ths
+    return mask
+
+
+def _draw_layout(
+    image_size: int,
+    rng: np.random.Generator,
+    *,
+    min_objects: int,
+    max_objects: int,
+    min_size: float,
+    max_size: float,
+    max_overlap: float,
+    clutter: bool,
+) -> tuple[np.ndarray, list[int], list[np.ndarray]]:
+    """The layout of :func:`draw_detection_image`: image, shape labels and each shape's visible coverage."""
     size = (image_size, image_size)
     count = int(rng.integers(min_objects, max_objects + 1))
     for _ in range(MAX_LAYOUT_ATTEMPTS):
@@ -371,9 +446,8 @@ def draw_detection_image(
         if any(_box_iou(a, b) > max_overlap for i, a in enumerate(boxes) for b in boxes[i + 1 :]):
             continue
         image, full, visible = _render_layers(size, [SHAPES[i] for i in labels], boxes, rng, clutter=clutter)
-        masks = [v > 0.5 for v in visible]
-        if all(m.any() and v.sum() >= MIN_VISIBLE_FRACTION * f.sum() for m, v, f in zip(masks, visible, full)):
-            return image, list(zip(labels, masks))
+        if all((v > 0.5).any() and v.sum() >= MIN_VISIBLE_FRACTION * f.sum() for v, f in zip(visible, full)):
+            return image, labels, visible
     raise ValueError(
         f"could not lay out {count} shapes of {min_size}-{max_size} of a {image_size}px image with box IoU <= "
         f"{max_overlap} and {MIN_VISIBLE_FRACTION:.0%} of each visible in {MAX_LAYOUT_ATTEMPTS} tries; lower "
@@ -652,6 +726,95 @@ def generate_detection(
     return _generate_atomically(root, "detection", params, write)
 
 
+def generate_segmentation(
+    root: str | os.PathLike[str],
+    *,
+    num_train: int = 2000,
+    num_val: int = 200,
+    image_size: int = 128,
+    min_objects: int = 1,
+    max_objects: int = 3,
+    min_size: float = 0.25,
+    max_size: float = 0.6,
+    max_overlap: float = 0.3,
+    seed: int = 0,
+    clutter: bool = False,
+) -> Path:
+    """Write the synthetic shape segmentation set in Pascal VOC 2012 layout under ``root``; return ``root``.
+
+    Each image holds ``min_objects..max_objects`` shapes laid out as in :func:`draw_detection_image`
+    (``min_objects=0`` allows images of background only). Its mask (see
+    :func:`draw_segmentation_image`) has class 0 for the background, ``label + 1`` for the shape
+    ``SHAPES[label]`` and 255 ("ignore", VOC's void border) on the ~1 px anti-aliased edge of every
+    shape: pixels of which no class (background included) holds :data:`MIN_LABEL_FRACTION`. The class
+    names are ``["background", *SHAPES]``. ``clutter`` as in :func:`generate_classification`.
+
+    Layout (what :func:`~vision_tasks.data.segmentation.read_voc_segmentation` reads)::
+
+        root/VOC2012/JPEGImages/<id>.png            RGB (PNG: lossless; the reader takes any image type)
+        root/VOC2012/SegmentationClass/<id>.png     palette PNG (mode "P", VOC colour map) of class indices
+        root/VOC2012/ImageSets/Segmentation/{train,val}.txt
+        root/synthetic.json
+
+    Ids are ``000001``, ``000002``, ... through the train images, then the val images (the splits share
+    the folders, as in VOC). Deterministic in ``seed``; an image does not depend on how many are
+    generated. Returns at once if ``root`` already holds this very dataset.
+
+    Raises:
+        DataError: ``root`` exists with another synthetic dataset, or holds files the generator did
+            not write; nothing is overwritten.
+        ValueError: a parameter out of range, or a layout the constraints cannot satisfy.
+    """
+    params = dict(
+        num_train=num_train, num_val=num_val, image_size=image_size, min_objects=min_objects,
+        max_objects=max_objects, min_size=min_size, max_size=max_size, max_overlap=max_overlap, seed=seed,
+        clutter=bool(clutter),
+    )
+    _check_int(params, "num_train", 1)
+    _check_int(params, "num_val", 1)
+    _check_int(params, "image_size", 16)
+    _check_int(params, "min_objects", 0)
+    _check_int(params, "max_objects", max(1, params["min_objects"]))
+    _check_float(params, "min_size", 0.0, 1.0)
+    _check_float(params, "max_size", params["min_size"], 1.0)
+    _check_float(params, "max_overlap", 0.0, 1.0)
+    _check_int(params, "seed", 0)
+    if params["min_size"] * params["image_size"] < 4:
+        raise ValueError(
+            f"min_size * image_size must be at least 4 pixels, got {params['min_size']} * {params['image_size']}"
+        )
+    counts = {"train": params["num_train"], "val": params["num_val"]}
+    layout = {k: params[k] for k in ("min_objects", "max_objects", "min_size", "max_size", "max_overlap", "clutter")}
+
+    def write(tmp: Path) -> dict[str, Any]:
+        # Imported here: segmentation.py imports this module (for its synthetic data module).
+        from .segmentation import voc_colormap
+
+        palette = voc_colormap(256).tobytes()
+        base = tmp / "VOC2012"
+        image_dir, mask_dir = base / "JPEGImages", base / "SegmentationClass"
+        list_dir = base / "ImageSets" / "Segmentation"
+        for folder in (image_dir, mask_dir, list_dir):
+            folder.mkdir(parents=True)
+        next_id = 1
+        for split, count in counts.items():
+            ids = []
+            for index in range(count):
+                rng = _sample_rng(params["seed"], _SPLIT_KEYS[split], index)
+                image, mask = draw_segmentation_image(params["image_size"], rng, **layout)
+                name = f"{next_id:06d}"
+                next_id += 1
+                Image.fromarray(image).save(image_dir / f"{name}.png", format="PNG", compress_level=1)
+                label_image = Image.fromarray(mask)  # mode "L"; putpalette makes it "P"
+                label_image.putpalette(palette)
+                label_image.save(mask_dir / f"{name}.png", format="PNG", optimize=False)
+                ids.append(name)
+            (list_dir / f"{split}.txt").write_text("".join(f"{name}\n" for name in ids))
+        return {"classes": ["background", *SHAPES], "counts": counts, "ignore_index": SEGMENTATION_IGNORE}
+
+    return _generate_atomically(root, "segmentation", params, write)
+
+
 def _coco_annotation(annotation_id: int, image_id: int, category_id: int, mask: np.ndarray) -> dict[str, Any]:
     """A COCO instance annotation of a boolean mask: tight xywh box, pixel area, RLE segmentation."""
     x0, y0, x1, y1 = mask_bbox(mask)
@@ -754,4 +917,5 @@ def _existing_matches(root: Path, task: str, params: dict[str, Any]) -> bool:
 _GENERATORS: dict[str, Callable[..., Path]] = {
     "classification": generate_classification,
     "detection": generate_detection,
+    "segmentation": generate_segmentation,
 }

@@ -11,6 +11,12 @@ Detection pipelines carry boxes with their per-box fields::
 
 Boxes are ``pascal_voc`` (``x0, y0, x1, y1`` in pixels); a box that a crop removes takes its label,
 crowd flag and area with it.
+
+Segmentation pipelines carry a class mask (uint8 ``(H, W)``, 255 = ignore), resampled with nearest
+neighbours so that no new class values appear; padding fills it with 255::
+
+    out = segmentation_train_transform(513)(image=rgb, mask=mask)
+    out["image"], out["mask"]          # float32 (3, 513, 513), uint8 (513, 513)
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ __all__ = [
     "classification_train_transform",
     "detection_eval_transform",
     "detection_train_transform",
+    "segmentation_eval_transform",
+    "segmentation_train_transform",
 ]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -353,3 +361,103 @@ def _normalize(mean: Sequence[float], std: Sequence[float], normalization: str, 
 def _check_size(value: int, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Segmentation
+
+# The mask value that padding writes and the losses and metrics skip (Pascal VOC's "void").
+MASK_IGNORE = 255
+
+
+def segmentation_train_transform(
+    crop_size: int,
+    *,
+    scale_range: Sequence[float] = (0.5, 2.0),
+    hflip: float = 0.5,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    normalization: str = "standard",
+    grayscale: bool = False,
+) -> A.Compose:
+    """DeepLab's training augmentation: random scale, pad, random ``crop_size`` square crop, flip.
+
+    As TF DeepLab (``input_preprocess.preprocess_image_and_label``) and the PyTorch DeepLab ports:
+
+    1. the image and mask scaled by a factor uniform in ``scale_range`` (bilinear for the image,
+       nearest for the mask);
+    2. padded bottom/right to at least ``crop_size`` in each side, the image with the mean pixel,
+       the mask with 255 (ignored by the loss);
+    3. a random ``crop_size x crop_size`` crop; 4. horizontal flip with probability ``hflip``.
+
+    The image is normalised first (grey conversion, ``mean``/``std`` or per-image statistics; see
+    :func:`classification_train_transform`), so the geometric steps run on normalised values and
+    pad with 0: exactly the mean pixel under ``"standard"`` normalisation (uint8 padding would round
+    it), and under ``"image"`` normalisation the statistics are those of the whole image, as at
+    evaluation, not of a crop that is mostly padding. Call it with ``image`` (uint8 HWC RGB) and
+    ``mask`` (uint8 ``(H, W)``); output image float32 ``(3, crop_size, crop_size)``, mask uint8
+    ``(crop_size, crop_size)`` with values from the input mask and 255.
+    """
+    _check_size(crop_size, "crop_size")
+    low, high = _check_scale_range(scale_range)
+    if not 0 <= hflip <= 1:
+        raise ValueError(f"hflip is a probability, got {hflip}")
+    *normalize, to_tensor = _normalize(mean, std, normalization, grayscale)
+    steps = [
+        *normalize,
+        A.RandomScale(
+            scale_limit=(low - 1.0, high - 1.0), interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
+            p=1.0,
+        ),
+        A.PadIfNeeded(
+            min_height=crop_size, min_width=crop_size, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=0,
+            fill_mask=MASK_IGNORE,
+        ),
+        A.RandomCrop(height=crop_size, width=crop_size),
+    ]
+    if hflip > 0:
+        steps.append(A.HorizontalFlip(p=hflip))
+    return A.Compose([*steps, to_tensor])
+
+
+def segmentation_eval_transform(
+    *,
+    pad_size: int | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    normalization: str = "standard",
+    grayscale: bool = False,
+) -> A.Compose:
+    """Evaluation: the whole image at its own size, normalised; optionally padded to ``pad_size``.
+
+    Segmentation is scored on every pixel of the original image, so nothing is resized or cropped.
+    With ``pad_size`` the normalised image is padded bottom/right with 0 (the mean pixel under
+    ``"standard"`` normalisation) and the mask with 255 to at least ``pad_size`` in each side, as
+    TF DeepLab evaluates Pascal VOC at 513 x 513: batches of one shape, and the padding is ignored
+    by the metrics (crop predictions to the image before showing them). Images larger than
+    ``pad_size`` keep their size. Without ``pad_size``, batches of different sizes are padded by
+    :func:`~vision_tasks.data.segmentation.segmentation_collate` the same way. The pipeline also
+    takes an image alone (prediction). Output image float32 ``(3, H', W')``, mask uint8 ``(H', W')``.
+    """
+    if pad_size is not None:
+        _check_size(pad_size, "pad_size")
+    *normalize, to_tensor = _normalize(mean, std, normalization, grayscale)
+    pad = []
+    if pad_size is not None:
+        pad.append(
+            A.PadIfNeeded(
+                min_height=pad_size, min_width=pad_size, position="top_left", border_mode=cv2.BORDER_CONSTANT,
+                fill=0, fill_mask=MASK_IGNORE,
+            )
+        )
+    return A.Compose([*normalize, *pad, to_tensor])
+
+
+def _check_scale_range(scale_range: Sequence[float]) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in scale_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"scale_range must be (min, max) with 0 < min <= max, got {scale_range!r}") from None
+    if not 0 < low <= high:
+        raise ValueError(f"scale_range must be (min, max) with 0 < min <= max, got {tuple(scale_range)}")
+    return low, high
