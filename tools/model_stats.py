@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from vision_tasks.models import deeplabv3_mobilenet_v2, mobilenet_v2_classifier, ssdlite_mobilenet_v2  # noqa: E402
 from vision_tasks.stats import MADD_OPS, count_params, flops_by_op  # noqa: E402
+from vision_tasks.tasks.segmentation import MF_SCALES, scale_dimension  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # Reference numbers (PAPER.md section 1.5).
@@ -66,7 +67,6 @@ TABLE7_MNV2: dict[tuple[int, bool, bool], tuple[float, float]] = {
     (16, False, False): (2.11e6, 2.75e9),
     (8, False, True): (2.11e6, 152.6e9),
 }
-MF_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 # ---------------------------------------------------------------------------------------------
 # Table machinery shared by all sections.
@@ -276,7 +276,7 @@ def deeplab_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
         params = count_params(model)
         model = model.to("meta")  # FlopCounterMode needs shapes only: count big MF inputs without computing them
         for resolution in args.deeplab_resolution:
-            sizes = [round(resolution * s) for s in MF_SCALES] if mf else [resolution]
+            sizes = [scale_dimension(resolution, s) for s in MF_SCALES] if mf else [resolution]
             counted = [measure_madds(model, size) for size in sizes]
             madds = sum(n for n, _ in counted) * (2 if mf else 1)  # MF: every scale also left-right flipped
             paper = TABLE7_MNV2.get((output_stride, aspp, mf)) if not separable else None
@@ -312,7 +312,7 @@ DEEPLAB = Section(
     notes=[
         "ASPP: three regular 3x3 atrous convs (rates 6/12/18 at OS 16, 12/24/36 at OS 8), which Table 7's 4.52M "
         "implies; separable ASPP is TF DeepLab's default (not in Table 7).",
-        "MF: the image at scales 0.5, 0.75, ..., 1.75 of the input side, each also flipped: the sum of the 12 passes.",
+        "MF: the image at scales 0.5, 0.75, ..., 1.75 (TF DeepLab sizes: 513 -> 257 ... 897), each also flipped: the sum of the 12 passes.",
         "The released TF models (PAPER.md section 4.2) are the no-ASPP rows.",
     ],
 )

@@ -1,8 +1,10 @@
 """What ``tools/predict.py`` does: run a trained model on images and draw what it sees.
 
 For every image of ``input`` (a file or a folder) it writes a PNG with the predictions drawn on the
-image (detection: boxes with class names and scores; classification: the top-1 class) into
-``output``, and all predictions, in original-image pixels, into ``output/predictions.json``.
+image (detection: boxes with class names and scores; classification: the top-1 class;
+segmentation: the class colours blended over the image, plus the class-index mask itself as a VOC
+palette PNG, ``<name>_mask.png``) into ``output``, and all predictions, in original-image pixels,
+into ``output/predictions.json``.
 Nothing is written over: ``output`` must be new or empty and must not be the input folder.
 """
 
@@ -26,10 +28,12 @@ import backbones
 
 from .checkpoints import model_from_checkpoint
 from .data import IMAGE_EXTENSIONS, load_rgb
+from .data.segmentation import voc_colormap
+from .tasks.segmentation import MF_SCALES, multi_scale_logits
 
 log = logging.getLogger(__name__)
 
-__all__ = ["predict", "list_images", "draw_detections"]
+__all__ = ["predict", "list_images", "draw_detections", "mask_image", "overlay_mask"]
 
 
 def list_images(source: str | Path) -> list[Path]:
@@ -113,6 +117,30 @@ def _detection(model: nn.Module, batch: torch.Tensor, images: list[np.ndarray], 
         yield record, draw_detections(image, det, names, score_thresh)
 
 
+def overlay_mask(image: np.ndarray, mask: np.ndarray, colormap: np.ndarray, alpha: float = 0.5) -> Image.Image:
+    """``image`` with the colours of ``mask``'s classes blended in (background, class 0, left as it is)."""
+    colours = colormap[mask].astype(np.float32)
+    blend = np.where((mask > 0)[..., None], (1 - alpha) * image + alpha * colours, image)
+    return Image.fromarray(np.rint(blend).astype(np.uint8))
+
+
+def mask_image(mask: np.ndarray, colormap: np.ndarray) -> Image.Image:
+    """A class-index mask as a palette PNG image (the format of VOC's SegmentationClass: it reads back as indices)."""
+    img = Image.fromarray(mask.astype(np.uint8), mode="P")
+    img.putpalette(colormap[:256].astype(np.uint8).flatten().tolist())
+    return img
+
+
+def _segmentation(model: nn.Module, batch: torch.Tensor, images: list[np.ndarray], names: list[str], scales, flip):
+    logits = multi_scale_logits(model, batch, scales, flip) if (tuple(scales) != (1.0,) or flip) else model(batch)
+    colormap = voc_colormap(256)
+    for image, classes in zip(images, logits.argmax(dim=1)):
+        mask = classes[: image.shape[0], : image.shape[1]].numpy()  # drop the evaluation padding (bottom/right)
+        counts = np.bincount(mask.ravel(), minlength=len(names))
+        present = {names[i]: round(float(counts[i]) / mask.size, 5) for i in np.flatnonzero(counts)}
+        yield {"class_fractions": present}, (overlay_mask(image, mask, colormap), mask_image(mask, colormap))
+
+
 def predict(cfg: DictConfig) -> Path:
     """Predict ``cfg.input`` with ``cfg.ckpt_path`` (or ``cfg.weights``) and write into ``cfg.output``; returns it.
 
@@ -136,18 +164,27 @@ def predict(cfg: DictConfig) -> Path:
         names = None
     names = list(names) if names else [f"class {i}" for i in range(model.num_classes)]
     model.eval()
-    run = {"classification": _classification, "detection": _detection}.get(task_name)
+    run = {"classification": _classification, "detection": _detection, "segmentation": _segmentation}.get(task_name)
     if run is None:
         raise ValueError(f"tools/predict.py does not handle task={task_name} yet")
-    extra = (cfg.draw_threshold,) if task_name == "detection" else ()
+    extra: tuple = ()
+    if task_name == "detection":
+        extra = (cfg.draw_threshold,)
+    elif task_name == "segmentation":
+        extra = (MF_SCALES, True) if cfg.get("mf") else ((1.0,), False)
     records = []
     with torch.inference_mode():
         for path in tqdm(paths, desc="predict", unit="image"):
             image = load_rgb(path)
             batch = _apply(datamodule.eval_transform, image).unsqueeze(0)
             for record, drawn in run(model, batch, [image], names, *extra):
-                target = out / f"{path.stem}.png"
-                drawn.save(target if not target.exists() else out / f"{path.name}.png")  # a.jpg and a.png
+                # a.jpg and a.png in one folder: the second one's outputs keep its extension in the name
+                stem = path.stem if not (out / f"{path.stem}.png").exists() else path.name
+                if isinstance(drawn, tuple):  # segmentation: the overlay and the mask itself
+                    drawn, mask = drawn
+                    mask.save(out / f"{stem}_mask.png")
+                    record = {"mask": f"{stem}_mask.png", **record}
+                drawn.save(out / f"{stem}.png")
                 records.append({"file": str(path), "height": image.shape[0], "width": image.shape[1], **record})
     (out / "predictions.json").write_text(json.dumps(records, indent=1) + "\n")
     print(f"wrote {len(records)} images and predictions.json to {out.resolve()}")

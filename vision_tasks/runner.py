@@ -153,7 +153,8 @@ def train(cfg: DictConfig) -> Path:
 def test(cfg: DictConfig) -> dict[str, float]:
     """Evaluate ``ckpt_path=`` (a training checkpoint) or ``weights=`` (a state-dict file) on ``data``.
 
-    Writes ``metrics.json`` (``val/...`` keys, as training does), the resolved ``config.yaml`` and
+    Writes ``metrics.json`` (``val/...`` keys, as training does; segmentation with ``mf=true``
+    evaluates with the paper's multi-scale + flip inputs), the resolved ``config.yaml`` and
     the task's own results (detection: ``detections.json``, COCO results format with the dataset's
     image and category ids) into the run directory and returns the metrics.
     """
@@ -170,7 +171,14 @@ def test(cfg: DictConfig) -> dict[str, float]:
     data_classes = getattr(datamodule, "num_classes", None)
     if data_classes is not None and getattr(model, "num_classes", data_classes) != data_classes:
         raise ValueError(f"the model predicts {model.num_classes} classes but the dataset has {data_classes}")
-    task = instantiate(cfg.task, model=model, optimizer=None, scheduler=None, _convert_="all")
+    overrides: dict[str, Any] = {}
+    if cfg.get("mf"):
+        if task_cls.name != "segmentation":
+            raise ValueError(f"mf=true (multi-scale + flip evaluation) is for task=segmentation, not {task_cls.name}")
+        from .tasks.segmentation import MF_SCALES
+
+        overrides = {"eval_scales": list(MF_SCALES), "eval_flip": True}
+    task = instantiate(cfg.task, model=model, optimizer=None, scheduler=None, _convert_="all", **overrides)
     task.keep_results = True  # e.g. detections.json for detection
     trainer = _trainer(cfg, run_dir, callbacks=[RunArtifacts(str(run_dir))], logger=False)
     _save_config(cfg, run_dir)
