@@ -293,11 +293,11 @@ def test_dataset_grayscale_and_rgba_images_become_rgb(tmp_path):
     image, mask = dataset[0]
     assert image.shape == (3, *SIZE) and image.dtype == torch.float32
     assert mask.shape == SIZE and mask.dtype == torch.int64
-    for channel in range(3):  # raw values, 0..255
-        np.testing.assert_array_equal(image[channel].numpy(), gray.astype(np.float32))
+    for channel in range(3):  # without a transform: [0, 1], as the other datasets
+        np.testing.assert_allclose(image[channel].numpy(), gray.astype(np.float32) / 255.0)
     np.testing.assert_array_equal(mask.numpy(), _mask(0))
     image, _ = dataset[1]
-    np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), rgba[..., :3].astype(np.float32))
+    np.testing.assert_allclose(image.permute(1, 2, 0).numpy(), rgba[..., :3].astype(np.float32) / 255.0)
 
     transformed = SegmentationDataset(records, 21, segmentation_eval_transform())
     image, mask = transformed[1]
@@ -480,6 +480,21 @@ def test_voc_data_module(tmp_path):
         VOCSegmentationDataModule(str(root), scale_range=(1.0, 0.5))
 
 
+def test_data_module_checks_every_mask_before_training(tmp_path):
+    """A bad mask value stops setup() (naming the file and the values), not an epoch half-way through."""
+    root = write_voc(tmp_path, {"train": ["a", "b", "c"], "val": ["d"]})
+    bad = _mask(7)
+    bad[0, 0], bad[0, 1] = 30, 44
+    _save_palette(root / "VOC2012" / "SegmentationClass" / "b.png", bad)
+    dm = VOCSegmentationDataModule(str(root), crop_size=32, batch_size=2, num_workers=0)
+    with pytest.raises(DataError, match=r"1 of 3 masks .*\n  mask .*b\.png has values \[30, 44\] outside 0\.\.20"):
+        dm.setup("fit")
+    lazy = VOCSegmentationDataModule(str(root), crop_size=32, batch_size=2, num_workers=0, verify_masks=False)
+    lazy.setup("fit")  # without the check the same error comes when the mask is loaded
+    with pytest.raises(DataError, match=r"b\.png has values \[30, 44\]"):
+        lazy.train_dataset[1]
+
+
 def test_voc_aug_data_module(tmp_path):
     root = write_voc(tmp_path, {"train_aug": ["a", "b"]}, masks="SegmentationClassAug", palette=False)
     write_voc(tmp_path, {"val": ["c"]})
@@ -511,11 +526,10 @@ def test_folder_data_module(tmp_path):
     for bad in ([], ["a", "a"], "coco", ["a", 3]):
         with pytest.raises(ValueError, match="class_names"):
             SegmentationFolderDataModule(str(root), bad)
-    # mask values beyond the classes fail at load with the file name
+    # mask values beyond the classes stop setup(), naming the files
     dm = SegmentationFolderDataModule(str(root), ["background", "a"], crop_size=24, batch_size=2, num_workers=0)
-    dm.setup("validate")
-    with pytest.raises(DataError, match=r"masks/val/d\.png has values"):
-        dm.val_dataset[0]
+    with pytest.raises(DataError, match=r"(?s)2 of 2 masks .*masks/val/d\.png has values \[\d"):
+        dm.setup("validate")
 
 
 def test_synthetic_data_module(tmp_path, monkeypatch):

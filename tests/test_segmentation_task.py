@@ -268,3 +268,32 @@ def test_tiny_net_overfits_a_few_synthetic_masks(one_thread):
     assert metrics["val/miou"] > 0.9, metrics
     assert metrics["val/pixel_acc"] > 0.95, metrics
     assert math.isfinite(float(metrics["train/loss"]))
+
+
+def test_deeplab_overfits_a_handful_of_synthetic_images(tmp_path, one_thread):
+    """The real model and data path: DeepLabv3 (width 0.35) learns 8 images of the synthetic VOC set."""
+    from vision_tasks.data import SegmentationDataset, SyntheticSegmentationDataModule, segmentation_collate
+    from vision_tasks.models import deeplabv3_mobilenet_v2
+
+    datamodule = SyntheticSegmentationDataModule(str(tmp_path / "voc"), num_train=8, num_val=2,
+                                                 synthetic_image_size=64, crop_size=64, batch_size=8)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    unaugmented = SegmentationDataset(datamodule.train_dataset.records, 9, datamodule.eval_transform)
+    batch = segmentation_collate([unaugmented[i] for i in range(8)])
+    torch.manual_seed(0)
+    model = deeplabv3_mobilenet_v2(num_classes=9, width_mult=0.35, output_stride=8)
+    task = SegmentationTask(model, optimizer=lambda params: torch.optim.AdamW(params, lr=5e-3, weight_decay=0.0),
+                            scheduler=functools.partial(PolyLR, warmup_steps=5))
+    _trainer(max_steps=120, limit_val_batches=0).fit(task, train_dataloaders=_loader([batch] * 120))
+    # evaluated in eval mode on the images it was trained on, after recomputing the BatchNorm statistics
+    # for the final weights ("precise BN": with momentum 0.1 the running ones lag weights that moved this fast)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average: one pass gives this batch's exact statistics
+        model.train()
+        model(batch[0])
+    metrics = _validate(task, [batch])
+    assert metrics["val/miou"] > 0.8, metrics

@@ -55,6 +55,7 @@ __all__ = [
     "SegmentationRecord",
     "SyntheticSegmentationDataModule",
     "VOCSegmentationDataModule",
+    "check_mask_values",
     "load_mask",
     "read_segmentation_folder",
     "read_voc_segmentation",
@@ -344,6 +345,30 @@ def load_mask(path: str | os.PathLike[str], num_classes: int, *, palette: np.nda
     return values.astype(np.uint8, copy=False)
 
 
+def check_mask_values(records: Sequence[SegmentationRecord], num_classes: int) -> None:
+    """Read every mask of ``records`` once and check its values (:func:`load_mask`), before training.
+
+    Decoding runs in threads (PIL releases the GIL); VOC's 10,582 ``train_aug`` masks take seconds.
+
+    Raises:
+        DataError: listing the first bad masks, each with its file and values.
+    """
+
+    def problem(record: SegmentationRecord) -> str | None:
+        try:
+            load_mask(record.mask, num_classes)
+        except DataError as exc:
+            return str(exc)
+        return None
+
+    with ThreadPoolExecutor(max_workers=min(8, 2 * (os.cpu_count() or 1))) as pool:
+        problems = [p for p in pool.map(problem, records, chunksize=32) if p is not None]
+    if problems:
+        listed = "\n  ".join(problems[:_MAX_LISTED])
+        more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
+        raise DataError(f"{len(problems)} of {len(records)} masks are not usable:\n  {listed}{more}")
+
+
 def _colors_to_indices(rgb: np.ndarray, path: str | os.PathLike[str], palette: np.ndarray | None) -> np.ndarray:
     """Map each pixel's colour ``(H, W, 3)`` to its row in ``palette``; unknown colours raise DataError."""
     palette = voc_colormap(256) if palette is None else np.asarray(palette)
@@ -380,7 +405,7 @@ class SegmentationDataset(Dataset):
         num_classes: classes including the background; mask values must be below it or 255.
         transform: called as ``transform(image=uint8_hwc_rgb, mask=uint8_hw)`` (see
             :func:`~vision_tasks.data.transforms.segmentation_train_transform`); it should end in
-            ``ToTensorV2``. Without one, images come as float ``(3, H, W)`` with the raw values 0..255.
+            ``ToTensorV2``. Without one, images come as float ``(3, H, W)`` in [0, 1].
 
     Returns ``(image, mask)``: float32 ``(3, H, W)`` and int64 ``(H, W)``. Images are read with
     :func:`~vision_tasks.data.classification.load_rgb` (grayscale, palette and RGBA become RGB),
@@ -408,7 +433,8 @@ class SegmentationDataset(Dataset):
                 f"{mask.shape[1]}x{mask.shape[0]}"
             )
         if self.transform is None:
-            return torch.from_numpy(image).permute(2, 0, 1).float(), torch.from_numpy(mask).long()
+            # [0, 1] floats, as the classification and detection datasets give without a transform
+            return torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0), torch.from_numpy(mask).long()
         out = self.transform(image=image, mask=mask)
         image, mask = out["image"], out["mask"]
         if isinstance(image, np.ndarray):  # a pipeline without ToTensorV2
@@ -465,9 +491,11 @@ class _SegmentationDataModule(SplitDataModule):
         grayscale: bool,
         batch_size: int,
         num_workers: int,
+        verify_masks: bool = True,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers)
         self._class_names = _check_class_names(class_names)
+        self.verify_masks = verify_masks
         # Built now so that a bad augmentation argument fails at construction, not at setup.
         norm = dict(mean=mean, std=std, normalization=normalization, grayscale=grayscale)
         self.train_transform = segmentation_train_transform(crop_size, scale_range=scale_range, **norm)
@@ -486,9 +514,15 @@ class _SegmentationDataModule(SplitDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Read and check the splits the ``stage`` needs (train for ``fit``; val always) and build datasets."""
         if stage in (None, "fit") and self.train_dataset is None:
-            self.train_dataset = SegmentationDataset(self._read_train(), self.num_classes, self.train_transform)
+            self.train_dataset = SegmentationDataset(self._records(self._read_train()), self.num_classes,
+                                                     self.train_transform)
         if self.val_dataset is None:
-            self.val_dataset = SegmentationDataset(self._read_val(), self.num_classes, self.eval_transform)
+            self.val_dataset = SegmentationDataset(self._records(self._read_val()), self.num_classes, self.eval_transform)
+
+    def _records(self, records: list[SegmentationRecord]) -> list[SegmentationRecord]:
+        if self.verify_masks:  # bad values stop the run now, not in the middle of an epoch
+            check_mask_values(records, self.num_classes)
+        return records
 
     def _read_train(self) -> list[SegmentationRecord]:
         raise NotImplementedError
@@ -536,6 +570,8 @@ class VOCSegmentationDataModule(_SegmentationDataModule):
             collate function pads each batch to its largest image).
         mean, std, normalization, grayscale: normalisation, that of the weights being trained.
         batch_size, num_workers: of every loader.
+        verify_masks: read every mask once in ``setup`` and stop on values outside the classes
+            (:func:`check_mask_values`), rather than at the batch that holds the first bad mask.
     """
 
     _CLASS_NAMES: tuple[str, ...] = VOC_SEG_CLASSES
@@ -558,11 +594,12 @@ class VOCSegmentationDataModule(_SegmentationDataModule):
         grayscale: bool = False,
         batch_size: int = 8,
         num_workers: int = 4,
+        verify_masks: bool = True,
     ) -> None:
         super().__init__(
             class_names=self._CLASS_NAMES, crop_size=crop_size, scale_range=scale_range, eval_pad_size=eval_pad_size,
             mean=mean, std=std, normalization=normalization, grayscale=grayscale, batch_size=batch_size,
-            num_workers=num_workers,
+            num_workers=num_workers, verify_masks=verify_masks,
         )
         self.save_hyperparameters()
         self.root = Path(root).expanduser()
@@ -607,11 +644,12 @@ class SegmentationFolderDataModule(_SegmentationDataModule):
         grayscale: bool = False,
         batch_size: int = 8,
         num_workers: int = 4,
+        verify_masks: bool = True,
     ) -> None:
         super().__init__(
             class_names=class_names, crop_size=crop_size, scale_range=scale_range, eval_pad_size=eval_pad_size,
             mean=mean, std=std, normalization=normalization, grayscale=grayscale, batch_size=batch_size,
-            num_workers=num_workers,
+            num_workers=num_workers, verify_masks=verify_masks,
         )
         self.save_hyperparameters()
         self.root = Path(root).expanduser()
@@ -642,7 +680,7 @@ class SyntheticSegmentationDataModule(VOCSegmentationDataModule):
         self,
         root: str | None = None,
         *,
-        num_train: int = 2000,
+        num_train: int = 4000,
         num_val: int = 200,
         synthetic_image_size: int = 128,
         min_objects: int = 1,
@@ -653,7 +691,7 @@ class SyntheticSegmentationDataModule(VOCSegmentationDataModule):
         seed: int = 0,
         clutter: bool = False,
         crop_size: int = 128,
-        scale_range: tuple[float, float] = (0.5, 2.0),
+        scale_range: tuple[float, float] = (0.75, 1.5),
         eval_pad_size: int | None = None,
         mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
         std: tuple[float, float, float] = (0.25, 0.25, 0.25),
@@ -661,6 +699,7 @@ class SyntheticSegmentationDataModule(VOCSegmentationDataModule):
         grayscale: bool = True,
         batch_size: int = 16,
         num_workers: int = 0,
+        verify_masks: bool = True,
     ) -> None:
         self.generation_params = dict(
             num_train=num_train, num_val=num_val, image_size=synthetic_image_size, min_objects=min_objects,
@@ -673,6 +712,7 @@ class SyntheticSegmentationDataModule(VOCSegmentationDataModule):
         super().__init__(
             resolved, crop_size=crop_size, scale_range=scale_range, eval_pad_size=eval_pad_size, mean=mean, std=std,
             normalization=normalization, grayscale=grayscale, batch_size=batch_size, num_workers=num_workers,
+            verify_masks=verify_masks,
         )
 
     def prepare_data(self) -> None:
