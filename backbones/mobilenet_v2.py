@@ -26,7 +26,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TABLE2", "FeatureInfo", "InvertedResidual", "MobileNetV2", "make_divisible", "feature_names"]
+__all__ = [
+    "TABLE2",
+    "Conv2dSame",
+    "FeatureInfo",
+    "InvertedResidual",
+    "MobileNetV2",
+    "Padding",
+    "feature_names",
+    "make_divisible",
+    "pad_same",
+]
 
 # Paper Table 2, the bottleneck rows:  t (expansion), c (output channels), n (repeats), s (first stride).
 TABLE2: tuple[tuple[int, int, int, int], ...] = (
@@ -42,6 +52,8 @@ STEM_CHANNELS = 32  # Table 2, first row: conv2d 3x3, stride 2
 LAST_CHANNELS = 1280  # Table 2, conv2d 1x1 after the bottlenecks
 
 Shortcut = Literal["bottleneck", "expansion", "none"]
+Padding = Literal["symmetric", "tf_same"]
+PADDINGS = ("symmetric", "tf_same")
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -58,6 +70,50 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     return rounded
 
 
+def _same_pad_amount(size: int, kernel_size: int, stride: int, dilation: int) -> int:
+    """Total padding of TF "SAME" along one axis: enough for ``ceil(size / stride)`` outputs."""
+    return max((-(-size // stride) - 1) * stride + (kernel_size - 1) * dilation + 1 - size, 0)
+
+
+def pad_same(x: torch.Tensor, kernel_size: Sequence[int], stride: Sequence[int], dilation: Sequence[int]) -> torch.Tensor:
+    """Zero-pad ``x`` (N, C, H, W) as TensorFlow's ``padding="SAME"`` does, from its size at run time.
+
+    TF gives ``ceil(size / stride)`` outputs and puts the odd pixel of padding at the bottom / right:
+    a 3x3 stride-2 conv on an even size pads ``(0, 1)``, on an odd size ``(1, 1)``; stride-1 convs
+    (dilated or not) pad symmetrically. The same as timm's ``pad_same`` (its ``tf_`` models).
+    """
+    pad_h = _same_pad_amount(x.shape[-2], kernel_size[0], stride[0], dilation[0])
+    pad_w = _same_pad_amount(x.shape[-1], kernel_size[1], stride[1], dilation[1])
+    if pad_h or pad_w:
+        x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+    return x
+
+
+class Conv2dSame(nn.Conv2d):
+    """``nn.Conv2d`` with TensorFlow "SAME" padding computed from the input size (see :func:`pad_same`).
+
+    Same parameters (and state-dict names) as ``nn.Conv2d``; its own ``padding`` stays 0.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 dilation: int = 1, groups: int = 1, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, 0, dilation, groups, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(pad_same(x, self.kernel_size, self.stride, self.dilation))
+
+
+def _conv(in_channels: int, out_channels: int, kernel_size: int, stride: int, dilation: int, groups: int,
+          padding: str) -> nn.Conv2d:
+    """A bias-free conv with symmetric padding (PyTorch) or TF "SAME" padding (:class:`Conv2dSame`)."""
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+    if padding == "tf_same" and (kernel_size > 1 or stride > 1):
+        return Conv2dSame(in_channels, out_channels, kernel_size, stride, dilation, groups, bias=False)
+    pad = (kernel_size - 1) // 2 * dilation
+    return nn.Conv2d(in_channels, out_channels, kernel_size, stride, pad, dilation, groups, bias=False)
+
+
 @dataclass(frozen=True)
 class FeatureInfo:
     """One output of a backbone: its name, channel count and stride (reduction) w.r.t. the input."""
@@ -68,7 +124,11 @@ class FeatureInfo:
 
 
 class ConvBNAct(nn.Sequential):
-    """Conv2d -> BatchNorm2d -> optional ReLU6 (indices 0, 1, 2 as in torchvision's checkpoints)."""
+    """Conv2d -> BatchNorm2d -> optional ReLU6 (indices 0, 1, 2 as in torchvision's checkpoints).
+
+    ``padding``: ``"symmetric"`` (PyTorch / torchvision, ``(k - 1) // 2 * dilation`` on every side) or
+    ``"tf_same"`` (TensorFlow "SAME", computed from the input size, see :func:`pad_same`).
+    """
 
     def __init__(
         self,
@@ -81,10 +141,10 @@ class ConvBNAct(nn.Sequential):
         activation: bool = True,
         bn_eps: float = 1e-5,
         bn_momentum: float = 0.1,
+        padding: Padding = "symmetric",
     ) -> None:
-        padding = (kernel_size - 1) // 2 * dilation
         layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=False),
+            _conv(in_channels, out_channels, kernel_size, stride, dilation, groups, padding),
             nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum),
         ]
         if activation:
@@ -111,6 +171,7 @@ class InvertedResidual(nn.Module):
         memory_efficient_splits: section 5.1: in eval mode compute the block as the sum of this many
             slices of the inner tensor, so that only ``1/splits`` of it is alive at a time.
             Same outputs, same multiply-adds; ``1`` (default) is the plain computation.
+        padding: of the depthwise conv, ``"symmetric"`` or ``"tf_same"`` (see :class:`ConvBNAct`).
     """
 
     def __init__(
@@ -125,6 +186,7 @@ class InvertedResidual(nn.Module):
         memory_efficient_splits: int = 1,
         bn_eps: float = 1e-5,
         bn_momentum: float = 0.1,
+        padding: Padding = "symmetric",
     ) -> None:
         super().__init__()
         if stride not in (1, 2):
@@ -146,7 +208,7 @@ class InvertedResidual(nn.Module):
         if self.has_expansion:
             layers.append(ConvBNAct(in_channels, hidden, kernel_size=1, **bn))
         layers += [
-            ConvBNAct(hidden, hidden, 3, stride, dilation, groups=hidden, **bn),
+            ConvBNAct(hidden, hidden, 3, stride, dilation, groups=hidden, padding=padding, **bn),
             nn.Conv2d(hidden, out_channels, 1, bias=False),
             nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum),
         ]
@@ -184,7 +246,11 @@ class InvertedResidual(nn.Module):
         for idx in torch.arange(self.hidden_channels, device=x.device).tensor_split(self.memory_efficient_splits):
             lo, hi = int(idx[0]), int(idx[-1]) + 1
             e = F.relu6(_bn_slice(F.conv2d(x, expand_conv.weight[lo:hi]), expand_bn, lo, hi))
-            d = F.conv2d(e, dw_conv.weight[lo:hi], None, dw_conv.stride, dw_conv.padding, dw_conv.dilation, hi - lo)
+            if isinstance(dw_conv, Conv2dSame):
+                e_in = pad_same(e, dw_conv.kernel_size, dw_conv.stride, dw_conv.dilation)
+            else:
+                e_in = e
+            d = F.conv2d(e_in, dw_conv.weight[lo:hi], None, dw_conv.stride, dw_conv.padding, dw_conv.dilation, hi - lo)
             d = F.relu6(_bn_slice(d, dw_bn, lo, hi))
             if self.use_expansion_shortcut:
                 d = d + e
@@ -231,6 +297,10 @@ class MobileNetV2(nn.Module):
         round_nearest: channel rounding (8 in both reference implementations).
         inverted_residual_setting: replace Table 2's ``(t, c, n, s)`` rows.
         in_channels: image channels.
+        padding: ``"symmetric"`` (default; PyTorch / torchvision weights) or ``"tf_same"``: TensorFlow
+            "SAME" padding computed from the input size at run time, for weights trained in TF (the
+            TFLite releases, see :mod:`backbones.tflite`). The two differ only for stride-2 convs on
+            even sizes, where "SAME" pads bottom / right only. Parameter names are the same.
     """
 
     def __init__(
@@ -248,8 +318,11 @@ class MobileNetV2(nn.Module):
         round_nearest: int = 8,
         inverted_residual_setting: Sequence[Sequence[int]] | None = None,
         in_channels: int = 3,
+        padding: Padding = "symmetric",
     ) -> None:
         super().__init__()
+        if padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
         if width_mult <= 0:
             raise ValueError(f"width_mult must be positive, got {width_mult}")
         if output_stride not in (8, 16, 32):
@@ -268,11 +341,12 @@ class MobileNetV2(nn.Module):
         self.output_stride = output_stride
         self.out_features = tuple(out_features)
         self.freeze_bn = freeze_bn
+        self.padding = padding
         last_needed = max(int(name.split("_")[0][len("layer") :]) for name in self.out_features)
 
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
         channels = make_divisible(STEM_CHANNELS * width_mult, round_nearest)
-        layers: list[nn.Module] = [ConvBNAct(in_channels, channels, 3, stride=2, **bn)]
+        layers: list[nn.Module] = [ConvBNAct(in_channels, channels, 3, stride=2, padding=padding, **bn)]
         info = {"layer1": FeatureInfo("layer1", channels, 2)}
         current_stride, rate = 2, 1
         for t, c, n, s in setting:
@@ -293,7 +367,7 @@ class MobileNetV2(nn.Module):
                 layers.append(
                     InvertedResidual(
                         channels, out_channels, stride, t, block_rate, linear_bottleneck, shortcut,
-                        memory_efficient_splits if t != 1 else 1, **bn,
+                        memory_efficient_splits if t != 1 else 1, **bn, padding=padding,
                     )
                 )
                 info[layer] = FeatureInfo(layer, out_channels, current_stride)

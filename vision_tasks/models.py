@@ -52,6 +52,9 @@ class MobileNetV2Classifier(nn.Module):
         width_mult, expand_ratio, linear_bottleneck, shortcut, memory_efficient_splits, freeze_bn:
             see :class:`backbones.MobileNetV2`.
         dropout: dropout rate before the linear layer.
+        padding: ``"symmetric"`` (PyTorch / torchvision weights) or ``"tf_same"`` (TensorFlow "SAME",
+            for TF weights such as the TFLite releases, :mod:`backbones.tflite`); see
+            :class:`backbones.MobileNetV2`.
     """
 
     def __init__(
@@ -64,17 +67,18 @@ class MobileNetV2Classifier(nn.Module):
         shortcut: str = "bottleneck",
         memory_efficient_splits: int = 1,
         freeze_bn: bool = False,
+        padding: str = "symmetric",
     ) -> None:
         super().__init__()
         self.config: dict[str, Any] = dict(
             num_classes=num_classes, width_mult=width_mult, dropout=dropout, expand_ratio=expand_ratio,
             linear_bottleneck=linear_bottleneck, shortcut=shortcut,
-            memory_efficient_splits=memory_efficient_splits, freeze_bn=freeze_bn,
+            memory_efficient_splits=memory_efficient_splits, freeze_bn=freeze_bn, padding=padding,
         )
         self.backbone = backbones.create_backbone(
             "mobilenet_v2", width_mult=width_mult, out_features=("layer19",), expand_ratio=expand_ratio,
             linear_bottleneck=linear_bottleneck, shortcut=shortcut,
-            memory_efficient_splits=memory_efficient_splits, freeze_bn=freeze_bn,
+            memory_efficient_splits=memory_efficient_splits, freeze_bn=freeze_bn, padding=padding,
         )
         self.head = ClassifierHead(self.backbone.num_features, num_classes, dropout)
         self.num_classes = num_classes
@@ -84,16 +88,27 @@ class MobileNetV2Classifier(nn.Module):
 
 
 def mobilenet_v2_classifier(
-    *, num_classes: int = 1000, width_mult: float = 1.0, weights: str | Path | None = None, **kwargs: Any
+    *,
+    num_classes: int = 1000,
+    width_mult: float = 1.0,
+    padding: str | None = None,
+    weights: str | Path | None = None,
+    **kwargs: Any,
 ) -> MobileNetV2Classifier:
-    """Build a :class:`MobileNetV2Classifier`, optionally loading ``weights`` (torchvision or own file).
+    """Build a :class:`MobileNetV2Classifier`, optionally loading ``weights``: torchvision or timm
+    ``mobilenet_v2`` files, the TFLite releases, this project's checkpoints and safetensors files.
+
+    ``padding`` defaults to ``"tf_same"`` for a ``.tflite`` file (the TF convention its weights were
+    trained with) and to ``"symmetric"`` otherwise.
 
     Example::
 
         model = mobilenet_v2_classifier(weights="mobilenet_v2-b0353104.pth").eval()
         logits = model(images)  # (N, 1000)
+        tf_model = mobilenet_v2_classifier(weights="mobilenet_v2_1.0_224_quant.tflite")  # inputs in [-1, 1]
     """
-    model = MobileNetV2Classifier(num_classes=num_classes, width_mult=width_mult, **kwargs)
+    padding = _default_padding(padding, weights)
+    model = MobileNetV2Classifier(num_classes=num_classes, width_mult=width_mult, padding=padding, **kwargs)
     if weights is not None:
         backbones.load_weights(model, weights)
     return model
@@ -286,6 +301,9 @@ class DeepLabV3MobileNetV2(nn.Module):
         aux_feature: a backbone tap for an auxiliary FCN head (e.g. ``"layer7"``, 32 channels at
             stride 8), or ``None``.
         freeze_bn, bn_eps, bn_momentum: BatchNorm settings of backbone and head.
+        padding: of the backbone, ``"symmetric"`` or ``"tf_same"`` (TF weights; see
+            :class:`backbones.MobileNetV2`). The head's convs are 1x1 or stride 1, where both agree.
+        round_nearest: the backbone's channel rounding (8; TF DeepLab's width-0.5 release uses 1).
 
     Example::
 
@@ -308,6 +326,8 @@ class DeepLabV3MobileNetV2(nn.Module):
         freeze_bn: bool = False,
         bn_eps: float = 1e-5,
         bn_momentum: float = 0.1,
+        padding: str = "symmetric",
+        round_nearest: int = 8,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -315,7 +335,8 @@ class DeepLabV3MobileNetV2(nn.Module):
         self.config: dict[str, Any] = dict(
             num_classes=num_classes, output_stride=output_stride, aspp=aspp, separable_aspp=separable_aspp,
             width_mult=width_mult, feature=feature, head_channels=head_channels, dropout=dropout,
-            aux_feature=aux_feature, freeze_bn=freeze_bn, bn_eps=bn_eps, bn_momentum=bn_momentum,
+            aux_feature=aux_feature, freeze_bn=freeze_bn, bn_eps=bn_eps, bn_momentum=bn_momentum, padding=padding,
+            round_nearest=round_nearest,
         )
         self.num_classes = num_classes
         self.feature = feature
@@ -323,7 +344,8 @@ class DeepLabV3MobileNetV2(nn.Module):
         taps = (feature,) if aux_feature is None else (aux_feature, feature)
         self.backbone = backbones.create_backbone(
             "mobilenet_v2", width_mult=width_mult, output_stride=output_stride, out_features=taps,
-            freeze_bn=freeze_bn, bn_eps=bn_eps, bn_momentum=bn_momentum,
+            freeze_bn=freeze_bn, bn_eps=bn_eps, bn_momentum=bn_momentum, padding=padding,
+            round_nearest=round_nearest,
         )
         channels = {info.name: info.channels for info in self.backbone.feature_info}
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
@@ -354,6 +376,7 @@ def deeplabv3_mobilenet_v2(
     output_stride: int = 16,
     aspp: bool = False,
     width_mult: float = 1.0,
+    padding: str | None = None,
     weights: str | Path | None = None,
     backbone_weights: str | Path | None = None,
     **kwargs: Any,
@@ -361,7 +384,9 @@ def deeplabv3_mobilenet_v2(
     """Build a :class:`DeepLabV3MobileNetV2`, optionally loading weights.
 
     Args:
-        weights: a whole-model file (this project's checkpoint or state dict).
+        weights: a whole-model file (this project's checkpoint, state dict or safetensors file, or
+            a TF DeepLab ``.tflite`` release: then ``padding`` defaults to ``"tf_same"`` and
+            ``round_nearest`` to the file's channel rounding).
         backbone_weights: an ImageNet classifier or backbone file (torchvision ``mobilenet_v2``,
             this project's classifier) for the backbone; layers past the tap are skipped.
         kwargs: the other :class:`DeepLabV3MobileNetV2` arguments.
@@ -372,14 +397,28 @@ def deeplabv3_mobilenet_v2(
     """
     if weights is not None and backbone_weights is not None:
         raise ValueError("pass either weights (the whole model) or backbone_weights (ImageNet backbone), not both")
+    padding = _default_padding(padding, weights if weights is not None else backbone_weights)
+    if weights is not None and Path(weights).suffix == ".tflite" and "round_nearest" not in kwargs:
+        from backbones.tflite import read_tflite
+
+        kwargs["round_nearest"] = read_tflite(weights)[1]["round_nearest"]
     model = DeepLabV3MobileNetV2(
-        num_classes=num_classes, output_stride=output_stride, aspp=aspp, width_mult=width_mult, **kwargs
+        num_classes=num_classes, output_stride=output_stride, aspp=aspp, width_mult=width_mult, padding=padding,
+        **kwargs,
     )
     if backbone_weights is not None:
         backbones.load_weights(model.backbone, backbone_weights)
     if weights is not None:
         backbones.load_weights(model, weights)
     return model
+
+
+
+def _default_padding(padding: str | None, weights: str | Path | None) -> str:
+    """``padding`` if given; else TF's "SAME" for TFLite weights and PyTorch's symmetric padding otherwise."""
+    if padding is not None:
+        return padding
+    return "tf_same" if weights is not None and Path(weights).suffix == ".tflite" else "symmetric"
 
 
 # Classes that checkpoints may name; rebuilding never imports an arbitrary path read from a file.

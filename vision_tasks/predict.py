@@ -27,6 +27,7 @@ from tqdm import tqdm
 import backbones
 
 from .checkpoints import model_from_checkpoint
+from .convert import apply_sidecar, model_from_sidecar, weights_description
 from .data import IMAGE_EXTENSIONS, load_rgb
 from .data.segmentation import voc_colormap
 from .tasks.segmentation import MF_SCALES, multi_scale_logits
@@ -154,10 +155,15 @@ def predict(cfg: DictConfig) -> Path:
     task_name = get_class(cfg.task._target_).name
     paths = list_images(cfg.input)
     out = _prepare_output(cfg.output, paths)
+    sidecar = weights_description(cfg.weights) if cfg.weights else None
+    if sidecar is not None:  # converted or TFLite weights: their model and preprocessing (tools/convert_weights.py)
+        apply_sidecar(cfg, sidecar)
     datamodule = instantiate(cfg.data, _convert_="all")  # for its evaluation transform only: no data is read
     if cfg.ckpt_path:
         model, meta = model_from_checkpoint(cfg.ckpt_path, expected_task=task_name)
         names = meta.get("class_names")
+    elif sidecar is not None:
+        model, names = model_from_sidecar(cfg.weights, sidecar), sidecar.get("class_names")
     else:
         model = instantiate(cfg.model, _convert_="all")
         backbones.load_weights(model, cfg.weights)

@@ -23,6 +23,7 @@ import backbones
 
 from .callbacks import RunArtifacts
 from .checkpoints import model_from_checkpoint, read_checkpoint_meta
+from .convert import apply_sidecar, model_from_sidecar, weights_description
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +184,13 @@ def test(cfg: DictConfig) -> dict[str, float]:
         raise ValueError("tools/test.py needs exactly one of ckpt_path=CHECKPOINT or weights=STATE_DICT_FILE")
     if cfg.ckpt_path:
         model, meta = model_from_checkpoint(cfg.ckpt_path, expected_task=task_cls.name)
+    sidecar = weights_description(cfg.weights) if cfg.weights else None
+    if sidecar is not None:  # converted or TFLite weights: their model and preprocessing (tools/convert_weights.py)
+        apply_sidecar(cfg, sidecar)
     datamodule = _datamodule(cfg, "validate")
-    if cfg.weights:
+    if sidecar is not None:
+        model = model_from_sidecar(cfg.weights, sidecar)
+    elif cfg.weights:
         model = _model(cfg, datamodule)
         backbones.load_weights(model, cfg.weights)
     data_classes = getattr(datamodule, "num_classes", None)

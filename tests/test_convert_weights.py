@@ -1,0 +1,100 @@
+"""tools/convert_weights.py: any supported source -> safetensors + a JSON of its model and preprocessing,
+which tools/test.py picks up."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from safetensors.torch import load_file
+
+import backbones
+from conftest import TINY, run_tool
+from vision_tasks.convert import convert, describe_source, read_sidecar
+from vision_tasks.models import mobilenet_v2_classifier
+
+SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
+
+
+def _tool():
+    path = Path(__file__).resolve().parents[1] / "tools" / "convert_weights.py"
+    spec = importlib.util.spec_from_file_location("convert_weights", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_torchvision_file_becomes_safetensors_with_its_description(tmp_path):
+    torch.manual_seed(0)
+    tv = torchvision.models.mobilenet_v2(width_mult=0.5).eval()
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("background\n" + "".join(f"class{i}\n" for i in range(1000)))  # TF's 1001-way list
+    weights, sidecar = _tool().main([str(tmp_path / "tv.pth"), str(tmp_path / "out" / "mnv2.safetensors"),
+                                     "--labels", str(labels)])
+    meta = json.loads(sidecar.read_text())
+    assert meta["model_class"] == "MobileNetV2Classifier"
+    assert meta["model_config"]["width_mult"] == 0.5 and meta["model_config"]["num_classes"] == 1000
+    assert meta["preprocessing"]["mean"] == [0.485, 0.456, 0.406] and meta["preprocessing"]["padding"] == "symmetric"
+    assert meta["class_names"][0] == "class0" and len(meta["class_names"]) == 1000  # background dropped
+    assert read_sidecar(weights) == meta
+    model = mobilenet_v2_classifier(width_mult=0.5, weights=weights).eval()
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), tv(x), rtol=0, atol=1e-5)
+    assert all(t.is_contiguous() for t in load_file(str(weights)).values())
+    with pytest.raises(FileExistsError, match="nothing is overwritten"):
+        convert(tmp_path / "tv.pth", weights)
+
+
+def test_a_file_that_is_no_mobilenet_v2_is_refused(tmp_path):
+    torch.save({"conv.weight": torch.zeros(3, 3, 3, 3)}, tmp_path / "other.pth")
+    with pytest.raises(backbones.WeightsError, match="not a MobileNetV2 classifier"):
+        describe_source(tmp_path / "other.pth")
+    assert not list(tmp_path.glob("*.safetensors"))
+
+
+def test_test_py_uses_the_converted_model_and_preprocessing(tmp_path, env):
+    """A converted checkpoint is evaluated with the normalisation it was trained with, whatever data.* says."""
+    run_dir = tmp_path / "run"
+    run_tool(["tools/train.py", "task=classification", *TINY, f"hydra.run.dir={run_dir}"], env)
+    weights, sidecar = convert(run_dir / "checkpoints/last.ckpt", tmp_path / "converted.safetensors")
+    meta = json.loads(sidecar.read_text())
+    assert meta["preprocessing"]["normalization"] == "image" and meta["preprocessing"].get("grayscale") is True
+    assert meta["model_config"]["width_mult"] == 0.35 and meta["class_names"][0] == "circle"
+    trained = json.loads((run_dir / "metrics.json").read_text())["val/acc1"]
+    out = tmp_path / "test"
+    # model.width_mult=1.0 and a standard normalisation would be wrong: the sidecar replaces them
+    run_tool(["tools/test.py", "task=classification", *TINY[:7], "model.width_mult=1.0", "data.normalization=standard",
+              f"weights={weights}", "trainer.limit_val_batches=2", "trainer.enable_progress_bar=false",
+              f"hydra.run.dir={out}"], env)
+    assert json.loads((out / "metrics.json").read_text())["val/acc1"] == pytest.approx(trained, abs=1e-6)
+
+
+@pytest.mark.skipif(not (SHARED_WEIGHTS / "mobilenet_v2_1.0_224_quant.tflite").is_file(),
+                    reason="../shared/weights is not beside this checkout")
+def test_tflite_release_converts(tmp_path):
+    pytest.importorskip("ai_edge_litert", reason="the TFLite reader is an optional extra: pip install '.[tflite]'")
+    weights, sidecar = convert(SHARED_WEIGHTS / "deeplabv3_mnv2_dm05_pascal_quant.tflite", tmp_path / "dl.safetensors")
+    meta = json.loads(sidecar.read_text())
+    assert meta["model_class"] == "DeepLabV3MobileNetV2"
+    assert meta["model_config"]["width_mult"] == 0.5 and meta["model_config"]["padding"] == "tf_same"
+    assert meta["preprocessing"]["mean"] == [0.5, 0.5, 0.5] and meta["preprocessing"]["std"] == [0.5, 0.5, 0.5]
+    assert meta["class_names"][15] == "person"
+
+
+def test_timm_file_converts_to_our_classifier(tmp_path):
+    timm = pytest.importorskip("timm", reason="timm is a test extra: pip install '.[dev]'")
+    reference = timm.create_model("mobilenetv2_075", pretrained=False).eval()
+    torch.save(reference.state_dict(), tmp_path / "timm.pth")
+    weights, sidecar = convert(tmp_path / "timm.pth", tmp_path / "timm.safetensors")
+    meta = json.loads(sidecar.read_text())
+    assert meta["model_class"] == "MobileNetV2Classifier" and meta["model_config"]["width_mult"] == 0.75
+    model = mobilenet_v2_classifier(width_mult=0.75, weights=weights).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=0, atol=1e-4)
