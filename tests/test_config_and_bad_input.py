@@ -139,3 +139,28 @@ def test_run_directory_of_another_run_is_not_overwritten(tmp_path, env):
     with pytest.raises(FileExistsError, match="already holds checkpoints"):
         runner.train(_compose(*TINY_DATA, tmp_path=tmp_path))
     assert (checkpoints / "last.ckpt").read_bytes() == b"someone else's run"
+
+
+@pytest.mark.parametrize("config, name", [("detection", "steps_per_epoch"), ("segmentation", "total_steps")])
+def test_lightning_cli_schedules_get_the_run_length(config, name):
+    """LightningCLI's scheduler callables hide their signature; per-batch schedules must still get the
+    run's length (else a cosine given steps_per_epoch=1 ends after max_epochs batches)."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.cli import LightningCLI
+
+    from vision_tasks.tasks.base import _accepts
+
+    cli = LightningCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                       args=[f"--config={CONFIG_DIR / 'lightning' / f'{config}.yaml'}", "--trainer.logger=false"],
+                       run=False)
+    factory = cli.model.scheduler_factory
+    assert _accepts(factory, name) and not _accepts(factory, "no_such_argument")
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = factory(optimizer, **{name: 1000})  # the task passes the run's length
+    for _ in range(300):
+        optimizer.step()
+        scheduler.step()
+    if name == "total_steps":
+        assert scheduler.total_steps == 1000  # not the config file's placeholder
+    else:  # 300 of 13 x 1000 steps: past the warm-up, near the peak (with steps_per_epoch=1 it would be 0)
+        assert optimizer.param_groups[0]["lr"] > 0.9

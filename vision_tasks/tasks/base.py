@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from typing import Any, Callable, Iterable
@@ -113,7 +114,18 @@ class VisionTask(pl.LightningModule):
 
 
 def _accepts(factory: Callable, name: str) -> bool:
-    """Whether ``factory`` (a class, function or ``functools.partial``) takes a keyword argument ``name``."""
+    """Whether ``factory`` (a class, function or ``functools.partial``) takes a keyword argument ``name``.
+
+    LightningCLI (jsonargparse) builds callables as ``partial(call, instantiator, SchedulerClass,
+    **init_args)``, whose signature is ``(*args, **kwargs)``: look at the bound keywords and at the
+    class itself, so that its per-batch schedules get the run's length as Hydra's do.
+    """
+    if isinstance(factory, functools.partial):
+        if name in (factory.keywords or {}):
+            return True
+        bound_class = next((arg for arg in factory.args if inspect.isclass(arg)), None)
+        if bound_class is not None:
+            return _accepts(bound_class, name)
     try:
         return name in inspect.signature(factory).parameters
     except (TypeError, ValueError):
