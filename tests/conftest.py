@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
+from types import ModuleType
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,38 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> None:
                 m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
                 m.weight.copy_(torch.rand(n, generator=g) + 0.5)
                 m.bias.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the model's state, to check that a refused load changed nothing."""
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert not changed, f"refused load still changed {changed[:5]}"
+
+
+def load_tool(name: str) -> ModuleType:
+    """Import ``tools/<name>.py`` as a module (the tools are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    return module
+
+
+def refuse(model: nn.Module, path, **kwargs) -> str:
+    """``backbones.load_weights(model, path)`` must raise WeightsError and leave the model unchanged; the message."""
+    from backbones import WeightsError, load_weights
+
+    before = snapshot(model)
+    with pytest.raises(WeightsError) as err:
+        load_weights(model, path, **kwargs)
+    assert_unchanged(model, before)
+    return str(err.value)

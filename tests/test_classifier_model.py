@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torchvision
 from torch import nn
 
+from conftest import load_tool
 from vision_tasks.models import MobileNetV2Classifier, build_model, mobilenet_v2_classifier
 from vision_tasks.stats import count_madds, count_params, madds_by_op
 
@@ -110,15 +108,7 @@ def test_build_model_unknown_class():
 
 
 def _load_model_stats():
-    path = Path(__file__).resolve().parents[1] / "tools" / "model_stats.py"
-    spec = importlib.util.spec_from_file_location("model_stats", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
-    return module
+    return load_tool("model_stats")
 
 
 def test_model_stats_tool(tmp_path, capsys):

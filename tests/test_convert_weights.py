@@ -3,7 +3,6 @@ which tools/test.py picks up."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,19 +12,11 @@ import torchvision
 from safetensors.torch import load_file
 
 import backbones
-from conftest import TINY, run_tool
+from conftest import TINY, load_tool, run_tool
 from vision_tasks.convert import convert, describe_source, read_sidecar
 from vision_tasks.models import mobilenet_v2_classifier
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
-
-
-def _tool():
-    path = Path(__file__).resolve().parents[1] / "tools" / "convert_weights.py"
-    spec = importlib.util.spec_from_file_location("convert_weights", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_torchvision_file_becomes_safetensors_with_its_description(tmp_path):
@@ -34,7 +25,7 @@ def test_torchvision_file_becomes_safetensors_with_its_description(tmp_path):
     torch.save(tv.state_dict(), tmp_path / "tv.pth")
     labels = tmp_path / "labels.txt"
     labels.write_text("background\n" + "".join(f"class{i}\n" for i in range(1000)))  # TF's 1001-way list
-    weights, sidecar = _tool().main([str(tmp_path / "tv.pth"), str(tmp_path / "out" / "mnv2.safetensors"),
+    weights, sidecar = load_tool("convert_weights").main([str(tmp_path / "tv.pth"), str(tmp_path / "out" / "mnv2.safetensors"),
                                      "--labels", str(labels)])
     meta = json.loads(sidecar.read_text())
     assert meta["model_class"] == "MobileNetV2Classifier"

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +11,7 @@ from torch import nn
 
 from backbones import WeightsError
 from heads import DeepLabV3Head, aspp_rates, upsample_logits
+from conftest import load_tool
 from vision_tasks.models import DeepLabV3MobileNetV2, build_model, deeplabv3_mobilenet_v2
 from vision_tasks.stats import count_madds, count_params
 
@@ -178,14 +176,7 @@ def test_table7_counts():
 
 
 def test_model_stats_deeplab_section(capsys):
-    path = Path(__file__).resolve().parents[1] / "tools" / "model_stats.py"
-    spec = importlib.util.spec_from_file_location("model_stats", path)
-    tool = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = tool  # dataclasses look their module up while the file executes
-    try:
-        spec.loader.exec_module(tool)
-    finally:
-        del sys.modules[spec.name]
+    tool = load_tool("model_stats")
     rows = tool.main(["--section", "deeplab"])
     assert "Table 7" in capsys.readouterr().out
     by_name = {r["model"]: r for r in rows}

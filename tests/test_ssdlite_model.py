@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +11,7 @@ from torch import nn
 
 from backbones import WeightsError
 from heads import SSDLiteHead
+from conftest import load_tool
 from vision_tasks.models import SSDLiteMobileNetV2, build_model, ssdlite_mobilenet_v2
 from vision_tasks.stats import count_madds, count_params
 
@@ -223,14 +221,7 @@ def test_counts_match_the_reference_assemblies(num_classes, layout, params_m, ma
 
 
 def test_model_stats_ssdlite_section(capsys):
-    path = Path(__file__).resolve().parents[1] / "tools" / "model_stats.py"
-    spec = importlib.util.spec_from_file_location("model_stats", path)
-    tool = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = tool  # dataclasses look their module up while the file executes
-    try:
-        spec.loader.exec_module(tool)
-    finally:
-        del sys.modules[spec.name]
+    tool = load_tool("model_stats")
     tf, tv = tool.main(["--section", "ssdlite", "--ssdlite-resolution", "320"])
     assert "Table 6" in capsys.readouterr().out
     assert (tf["anchor_layout"], tf["num_anchors"], tf["params"], tf["madds"]) == ("tf", 2034, 4_337_013, 788_830_144)

@@ -22,6 +22,7 @@ from backbones import MobileNetV2, WeightsError
 from backbones.mobilenet_v2 import Conv2dSame
 from backbones.tflite import load_tflite, read_tflite
 from vision_tasks.models import deeplabv3_mobilenet_v2, mobilenet_v2_classifier
+from conftest import assert_unchanged, snapshot
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -196,11 +197,11 @@ def test_refuses_truncated_and_foreign_files(tmp_path):
     with pytest.raises(WeightsError, match="not a TFLite file"):
         read_tflite(junk)
     model = mobilenet_v2_classifier(padding="tf_same")
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = snapshot(model)
     for bad in (truncated, DEEPLAB):  # a DeepLab file does not fit a classifier
         with pytest.raises(WeightsError):
             load_tflite(model, bad)
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert_unchanged(model, before)
 
 
 @needs_tflite

@@ -11,10 +11,10 @@ import torchvision
 from safetensors.torch import save_file
 from torch import nn
 
-from backbones import WeightsError, create_backbone, load_weights
+from backbones import create_backbone, load_weights
 from backbones.weights import timm_to_torchvision_keys
 from vision_tasks.models import mobilenet_v2_classifier
-from conftest import randomize_bn
+from conftest import randomize_bn, refuse, snapshot
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -72,25 +72,6 @@ def timm_ref(tmp_path_factory):
         return cache[name]
 
     return get
-
-
-def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def assert_unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
-    after = model.state_dict()
-    assert after.keys() == before.keys()
-    changed = [k for k in before if not torch.equal(before[k], after[k])]
-    assert not changed, f"refused load still changed {changed[:5]}"
-
-
-def refuse(model: nn.Module, path, **kwargs) -> str:
-    before = snapshot(model)
-    with pytest.raises(WeightsError) as err:
-        load_weights(model, path, **kwargs)
-    assert_unchanged(model, before)
-    return str(err.value)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from torch import nn
 import backbones
 from backbones import WeightsError, create_backbone, load_weights
 from vision_tasks.models import mobilenet_v2_classifier
-from conftest import randomize_bn
+from conftest import randomize_bn, refuse
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -39,17 +39,6 @@ def tv_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("weights") / "mobilenet_v2_tv.pth"
     torch.save(model.state_dict(), path)
     return path, model
-
-
-def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def assert_unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
-    after = model.state_dict()
-    assert after.keys() == before.keys()
-    changed = [k for k in before if not torch.equal(before[k], after[k])]
-    assert not changed, f"refused load still changed {changed[:5]}"
 
 
 def assert_same_weights(model: nn.Module, tv: nn.Module) -> None:
@@ -133,14 +122,6 @@ def test_lightning_checkpoint_loads(tv_file, tmp_path):
 
 # ------------------------------------------------------------------------------------------------
 # refusals
-
-
-def refuse(model: nn.Module, path, **kwargs) -> str:
-    before = snapshot(model)
-    with pytest.raises(WeightsError) as err:
-        load_weights(model, path, **kwargs)
-    assert_unchanged(model, before)
-    return str(err.value)
 
 
 def test_refuses_other_width(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 from torch import nn
 from torch.optim import Optimizer
@@ -36,13 +37,10 @@ class WarmupCosineLR(LambdaLR):
         # short debugging runs keep a cosine part
         warmup = min(round(warmup_epochs * steps_per_epoch), total - 1)
 
-        def factor(step: int) -> float:
-            if step < warmup:
-                return warmup_factor + (1 - warmup_factor) * step / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        def cosine(progress: float) -> float:
             return eta_min_factor + (1 - eta_min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
 
-        super().__init__(optimizer, factor)
+        super().__init__(optimizer, _warmup_then(cosine, total, warmup, warmup_factor))
 
 
 class PolyLR(LambdaLR):
@@ -85,14 +83,11 @@ class PolyLR(LambdaLR):
         # short debugging runs keep a decaying part
         warmup = min(int(warmup_steps), total - 1)
 
-        def factor(step: int) -> float:
-            if step < warmup:
-                return warmup_factor + (1 - warmup_factor) * step / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        def poly(progress: float) -> float:
             return min_lr_factor + (1 - min_lr_factor) * (1 - progress) ** power
 
         self.total_steps, self.warmup_steps, self.power = total, warmup, power  # for inspection
-        super().__init__(optimizer, factor)
+        super().__init__(optimizer, _warmup_then(poly, total, warmup, warmup_factor))
 
     def load_state_dict(self, state_dict: dict) -> None:
         # the position (last_epoch) comes from the checkpoint, the shape from the constructor (the current
@@ -100,6 +95,18 @@ class PolyLR(LambdaLR):
         shape = {k: self.__dict__[k] for k in ("total_steps", "warmup_steps", "power")}
         super().load_state_dict(state_dict)
         self.__dict__.update(shape)
+
+
+def _warmup_then(decay: Callable[[float], float], total: int, warmup: int, warmup_factor: float) -> Callable[[int], float]:
+    """The factor of step ``s``: linear from ``warmup_factor`` to 1 over ``warmup`` steps, then ``decay``
+    of the progress (0 to 1) through the remaining ``total - warmup`` steps, 1 from there on."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return warmup_factor + (1 - warmup_factor) * step / warmup
+        return decay(min(1.0, (step - warmup) / max(1, total - warmup)))
+
+    return factor
 
 
 def param_groups(model: nn.Module, norm_weight_decay: float | None) -> list[dict]:

@@ -133,7 +133,7 @@ def mask_image(mask: np.ndarray, colormap: np.ndarray) -> Image.Image:
 
 
 def _segmentation(model: nn.Module, batch: torch.Tensor, images: list[np.ndarray], names: list[str], scales, flip):
-    logits = multi_scale_logits(model, batch, scales, flip) if (tuple(scales) != (1.0,) or flip) else model(batch)
+    logits = multi_scale_logits(model, batch, scales, flip)  # one scale without flip: the plain forward
     colormap = voc_colormap(256)
     for image, classes in zip(images, logits.argmax(dim=1)):
         mask = classes[: image.shape[0], : image.shape[1]].numpy()  # drop the evaluation padding (bottom/right)

@@ -29,8 +29,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .errors import DataError
-from .loaders import SplitDataModule
-from .synthetic import MANIFEST_NAME, generate_classification, synthetic_root
+from .loaders import GeneratedData, SplitDataModule
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, classification_eval_transform, classification_train_transform
 
 __all__ = [
@@ -282,7 +281,7 @@ class ImageFolderDataModule(SplitDataModule):
                 detail = "same names in another order"
             raise DataError(f"the classes of {split_dir} differ from those of the other split ({detail})")
 
-class SyntheticClassificationDataModule(ImageFolderDataModule):
+class SyntheticClassificationDataModule(GeneratedData, ImageFolderDataModule):
     """The embedded default: the synthetic shapes set (:func:`generate_classification`), read as an ImageFolder.
 
     The set is generated once, in ``prepare_data`` (Lightning runs it on one process per node), into
@@ -293,6 +292,8 @@ class SyntheticClassificationDataModule(ImageFolderDataModule):
     :class:`ImageFolderDataModule`. The defaults are those of ``configs/datamodule/classification/synthetic.yaml``:
     colours are random by construction, so images are turned grey and standardised one by one.
     """
+
+    synthetic_task = "classification"
 
     def __init__(
         self,
@@ -323,17 +324,8 @@ class SyntheticClassificationDataModule(ImageFolderDataModule):
         )
         # A new name, not `root =`: save_hyperparameters() reads this frame's arguments, and should
         # record None (resolved on the machine that loads them), not this machine's cache path.
-        resolved = str(synthetic_root("classification", **self.generation_params)) if root is None else root
+        resolved = self._synthetic_root(root)
         super().__init__(
             resolved, image_size=image_size, resize_size=resize_size, scale=scale, mean=mean, std=std,
             batch_size=batch_size, num_workers=num_workers, grayscale=grayscale, normalization=normalization, **kwargs,
         )
-
-    def prepare_data(self) -> None:
-        """Generate the dataset unless ``root`` already holds it."""
-        generate_classification(self.root, **self.generation_params)
-
-    def setup(self, stage: str | None = None) -> None:
-        if not (self.root / MANIFEST_NAME).is_file():  # callers that skip prepare_data()
-            self.prepare_data()
-        super().setup(stage)

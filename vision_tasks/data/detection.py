@@ -48,8 +48,8 @@ from torch.utils.data import Dataset
 
 from .classification import load_rgb
 from .errors import DataError
-from .loaders import SplitDataModule
-from .synthetic import MANIFEST_NAME, SHAPES, default_data_dir, generate_detection, synthetic_root
+from .loaders import GeneratedData, SplitDataModule
+from .synthetic import SHAPES, default_data_dir
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, detection_eval_transform, detection_train_transform
 
 __all__ = [
@@ -695,7 +695,7 @@ class CocoDetectionDataModule(_DetectionDataModule):
         return names, ids
 
 
-class SyntheticDetectionDataModule(CocoDetectionDataModule):
+class SyntheticDetectionDataModule(GeneratedData, CocoDetectionDataModule):
     """The embedded default: the synthetic shapes set (:func:`generate_detection`), read as COCO.
 
     The set is generated once, in ``prepare_data`` (Lightning runs it on one process per node), into
@@ -706,6 +706,8 @@ class SyntheticDetectionDataModule(CocoDetectionDataModule):
     Colours are random by construction, so images are turned grey and standardised one by one. The
     defaults are those of ``configs/datamodule/detection/synthetic.yaml``.
     """
+
+    synthetic_task = "detection"
 
     def __init__(
         self,
@@ -738,20 +740,11 @@ class SyntheticDetectionDataModule(CocoDetectionDataModule):
         )
         # A new name, not `root =`: save_hyperparameters() reads this frame's arguments, and should
         # record None (resolved on the machine that loads them), not this machine's cache path.
-        resolved = str(synthetic_root("detection", **self.generation_params)) if root is None else root
+        resolved = self._synthetic_root(root)
         super().__init__(
             resolved, image_size=image_size, augmentation=augmentation, mean=mean, std=std,
             normalization=normalization, grayscale=grayscale, batch_size=batch_size, num_workers=num_workers, **kwargs,
         )
-
-    def prepare_data(self) -> None:
-        """Generate the dataset unless ``root`` already holds it."""
-        generate_detection(self.root, **self.generation_params)
-
-    def setup(self, stage: str | None = None) -> None:
-        if not (self.root / MANIFEST_NAME).is_file():  # callers that skip prepare_data()
-            self.prepare_data()
-        super().setup(stage)
 
     def _peek_categories(self) -> tuple[list[str], list[int]]:
         return list(SHAPES), list(range(1, len(SHAPES) + 1))

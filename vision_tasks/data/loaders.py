@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from pathlib import Path
+
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["SplitDataModule"]
+from .synthetic import _GENERATORS, MANIFEST_NAME, synthetic_root
+
+__all__ = ["GeneratedData", "SplitDataModule"]
 
 
 class SplitDataModule(pl.LightningDataModule):
@@ -56,3 +60,30 @@ class SplitDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+
+
+class GeneratedData:
+    """Mixin of the synthetic data modules: the set is generated once, in ``prepare_data``.
+
+    Lightning runs ``prepare_data`` on one process per node; ``setup`` generates too for callers
+    that skip it. A subclass names its generator (``synthetic_task``, a key of the generators in
+    :mod:`vision_tasks.data.synthetic`), fills ``generation_params`` and passes
+    :meth:`_synthetic_root` to its reader's constructor; later runs reuse the cached set.
+    """
+
+    synthetic_task: str = ""
+    generation_params: dict[str, Any]
+    root: Path
+
+    def _synthetic_root(self, root: str | None) -> str:
+        """``root``, or the cache folder named after the generation parameters (:func:`synthetic_root`)."""
+        return str(synthetic_root(self.synthetic_task, **self.generation_params)) if root is None else root
+
+    def prepare_data(self) -> None:
+        """Generate the dataset unless ``root`` already holds it."""
+        _GENERATORS[self.synthetic_task](self.root, **self.generation_params)
+
+    def setup(self, stage: str | None = None) -> None:
+        if not (Path(self.root) / MANIFEST_NAME).is_file():  # callers that skip prepare_data()
+            self.prepare_data()
+        super().setup(stage)  # type: ignore[misc]  # the reader's setup, next in the MRO

@@ -43,9 +43,15 @@ from torch.utils.data import Dataset
 from .classification import IMAGE_EXTENSIONS, load_rgb
 from .detection import VOC_CLASSES
 from .errors import DataError
-from .loaders import SplitDataModule
-from .synthetic import MANIFEST_NAME, SHAPES, generate_segmentation, synthetic_root
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, segmentation_eval_transform, segmentation_train_transform
+from .loaders import GeneratedData, SplitDataModule
+from .synthetic import SHAPES
+from .transforms import (  # IGNORE_INDEX: the mask value no loss or metric counts (VOC's borders, padding)
+    IGNORE_INDEX,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    segmentation_eval_transform,
+    segmentation_train_transform,
+)
 
 __all__ = [
     "IGNORE_INDEX",
@@ -65,9 +71,6 @@ __all__ = [
 
 # The 21 Pascal VOC segmentation classes: mask value i is VOC_SEG_CLASSES[i].
 VOC_SEG_CLASSES: tuple[str, ...] = ("background", *VOC_CLASSES)
-
-# Mask value of pixels that the loss and the metrics skip (VOC's object borders and "difficult" regions).
-IGNORE_INDEX = 255
 
 VOC_SEG_LAYOUT = (
     "root/VOC<year>/ImageSets/Segmentation/<split>.txt listing ids, with root/VOC<year>/JPEGImages/<id>.jpg "
@@ -663,7 +666,7 @@ class SegmentationFolderDataModule(_SegmentationDataModule):
         return read_segmentation_folder(self.root, self.val_split, images=self.images, masks=self.masks)
 
 
-class SyntheticSegmentationDataModule(VOCSegmentationDataModule):
+class SyntheticSegmentationDataModule(GeneratedData, VOCSegmentationDataModule):
     """The embedded default: the synthetic shapes set (:func:`generate_segmentation`), read as Pascal VOC.
 
     The set is generated once, in ``prepare_data`` (Lightning runs it on one process per node), into
@@ -675,6 +678,7 @@ class SyntheticSegmentationDataModule(VOCSegmentationDataModule):
     """
 
     _CLASS_NAMES = ("background", *SHAPES)
+    synthetic_task = "segmentation"
 
     def __init__(
         self,
@@ -708,18 +712,9 @@ class SyntheticSegmentationDataModule(VOCSegmentationDataModule):
         )
         # A new name, not `root =`: save_hyperparameters() reads this frame's arguments, and should
         # record None (resolved on the machine that loads them), not this machine's cache path.
-        resolved = str(synthetic_root("segmentation", **self.generation_params)) if root is None else root
+        resolved = self._synthetic_root(root)
         super().__init__(
             resolved, crop_size=crop_size, scale_range=scale_range, eval_pad_size=eval_pad_size, mean=mean, std=std,
             normalization=normalization, grayscale=grayscale, batch_size=batch_size, num_workers=num_workers,
             verify_masks=verify_masks,
         )
-
-    def prepare_data(self) -> None:
-        """Generate the dataset unless ``root`` already holds it."""
-        generate_segmentation(self.root, **self.generation_params)
-
-    def setup(self, stage: str | None = None) -> None:
-        if not (self.root / MANIFEST_NAME).is_file():  # callers that skip prepare_data()
-            self.prepare_data()
-        super().setup(stage)

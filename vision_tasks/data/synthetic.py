@@ -54,6 +54,7 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
 from .errors import DataError
+from .transforms import IGNORE_INDEX
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -104,7 +105,6 @@ MAX_LAYOUT_ATTEMPTS = 200
 # Segmentation masks: a pixel takes a class when at least this fraction of it (anti-aliased coverage)
 # is that class; mixed pixels, the ~1 px anti-aliased edge of every shape, get the VOC "ignore" value.
 MIN_LABEL_FRACTION = 0.9
-SEGMENTATION_IGNORE = 255
 
 
 # --------------------------------------------------------------------------------------------------
@@ -394,7 +394,7 @@ def draw_segmentation_image(
     """One segmentation sample: the layout of :func:`draw_detection_image` and its class mask.
 
     The mask is uint8 ``(H, W)``: 0 background, ``label + 1`` for the shape ``SHAPES[label]``, and
-    :data:`SEGMENTATION_IGNORE` (255, VOC's "void" border) on mixed pixels. A pixel takes a class
+    :data:`IGNORE_INDEX` (255, VOC's "void" border) on mixed pixels. A pixel takes a class
     (background or a shape class; overlapping shapes of one class add up) when at least
     :data:`MIN_LABEL_FRACTION` of it is that class in the anti-aliased visible coverage; the
     anti-aliased edge between, about one pixel wide, is ignored. (VOC's own border is ~5 px wide,
@@ -411,7 +411,7 @@ def _class_mask(labels: Sequence[int], visible: Sequence[np.ndarray], canvas_siz
     """The uint8 class mask ``(H, W)`` of shapes ``labels`` with visible coverages ``visible``.
 
     Class ``label + 1`` (0 for the background) where that class holds at least
-    :data:`MIN_LABEL_FRACTION` of the pixel, :data:`SEGMENTATION_IGNORE` elsewhere. Visible
+    :data:`MIN_LABEL_FRACTION` of the pixel, :data:`IGNORE_INDEX` elsewhere. Visible
     coverages are alpha-compositing weights (they sum to at most 1 per pixel), so the background
     holds the rest.
     """
@@ -422,7 +422,7 @@ def _class_mask(labels: Sequence[int], visible: Sequence[np.ndarray], canvas_siz
     fractions[0] = np.clip(1.0 - fractions[1:].sum(0), 0.0, 1.0)
     classes = np.array([0] + [label + 1 for label in present], dtype=np.uint8)
     mask = classes[np.argmax(fractions, axis=0)]
-    mask[fractions.max(axis=0) < MIN_LABEL_FRACTION - 1e-6] = SEGMENTATION_IGNORE  # float32 sums of 1/16ths
+    mask[fractions.max(axis=0) < MIN_LABEL_FRACTION - 1e-6] = IGNORE_INDEX  # float32 sums of 1/16ths
     return mask
 
 
@@ -672,26 +672,11 @@ def generate_detection(
             not write; nothing is overwritten.
         ValueError: a parameter out of range, or a layout the constraints cannot satisfy.
     """
-    params = dict(
+    params, counts, layout = _scene_params(
         num_train=num_train, num_val=num_val, image_size=image_size, min_objects=min_objects,
         max_objects=max_objects, min_size=min_size, max_size=max_size, max_overlap=max_overlap, seed=seed,
-        clutter=bool(clutter),
+        clutter=clutter,
     )
-    _check_int(params, "num_train", 1)
-    _check_int(params, "num_val", 1)
-    _check_int(params, "image_size", 16)
-    _check_int(params, "min_objects", 0)
-    _check_int(params, "max_objects", max(1, params["min_objects"]))
-    _check_float(params, "min_size", 0.0, 1.0)
-    _check_float(params, "max_size", params["min_size"], 1.0)
-    _check_float(params, "max_overlap", 0.0, 1.0)
-    _check_int(params, "seed", 0)
-    if params["min_size"] * params["image_size"] < 4:
-        raise ValueError(
-            f"min_size * image_size must be at least 4 pixels, got {params['min_size']} * {params['image_size']}"
-        )
-    counts = {"train": params["num_train"], "val": params["num_val"]}
-    layout = {k: params[k] for k in ("min_objects", "max_objects", "min_size", "max_size", "max_overlap", "clutter")}
     categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPES)]
 
     def write(tmp: Path) -> dict[str, Any]:
@@ -765,26 +750,11 @@ def generate_segmentation(
             not write; nothing is overwritten.
         ValueError: a parameter out of range, or a layout the constraints cannot satisfy.
     """
-    params = dict(
+    params, counts, layout = _scene_params(
         num_train=num_train, num_val=num_val, image_size=image_size, min_objects=min_objects,
         max_objects=max_objects, min_size=min_size, max_size=max_size, max_overlap=max_overlap, seed=seed,
-        clutter=bool(clutter),
+        clutter=clutter,
     )
-    _check_int(params, "num_train", 1)
-    _check_int(params, "num_val", 1)
-    _check_int(params, "image_size", 16)
-    _check_int(params, "min_objects", 0)
-    _check_int(params, "max_objects", max(1, params["min_objects"]))
-    _check_float(params, "min_size", 0.0, 1.0)
-    _check_float(params, "max_size", params["min_size"], 1.0)
-    _check_float(params, "max_overlap", 0.0, 1.0)
-    _check_int(params, "seed", 0)
-    if params["min_size"] * params["image_size"] < 4:
-        raise ValueError(
-            f"min_size * image_size must be at least 4 pixels, got {params['min_size']} * {params['image_size']}"
-        )
-    counts = {"train": params["num_train"], "val": params["num_val"]}
-    layout = {k: params[k] for k in ("min_objects", "max_objects", "min_size", "max_size", "max_overlap", "clutter")}
 
     def write(tmp: Path) -> dict[str, Any]:
         # Imported here: segmentation.py imports this module (for its synthetic data module).
@@ -810,7 +780,7 @@ def generate_segmentation(
                 label_image.save(mask_dir / f"{name}.png", format="PNG", optimize=False)
                 ids.append(name)
             (list_dir / f"{split}.txt").write_text("".join(f"{name}\n" for name in ids))
-        return {"classes": ["background", *SHAPES], "counts": counts, "ignore_index": SEGMENTATION_IGNORE}
+        return {"classes": ["background", *SHAPES], "counts": counts, "ignore_index": IGNORE_INDEX}
 
     return _generate_atomically(root, "segmentation", params, write)
 
@@ -828,6 +798,31 @@ def _coco_annotation(annotation_id: int, image_id: int, category_id: int, mask: 
         "segmentation": {"size": [int(n) for n in rle["size"]], "counts": rle["counts"].decode("ascii")},
         "iscrowd": 0,
     }
+
+
+def _scene_params(**given: Any) -> tuple[dict[str, Any], dict[str, int], dict[str, Any]]:
+    """Check the parameters shared by the multi-shape generators (detection, segmentation).
+
+    Returns the normalised parameters (the manifest's), the image count per split and the layout
+    arguments of :func:`draw_detection_image` / :func:`draw_segmentation_image`.
+    """
+    params = {**given, "clutter": bool(given["clutter"])}
+    _check_int(params, "num_train", 1)
+    _check_int(params, "num_val", 1)
+    _check_int(params, "image_size", 16)
+    _check_int(params, "min_objects", 0)
+    _check_int(params, "max_objects", max(1, params["min_objects"]))
+    _check_float(params, "min_size", 0.0, 1.0)
+    _check_float(params, "max_size", params["min_size"], 1.0)
+    _check_float(params, "max_overlap", 0.0, 1.0)
+    _check_int(params, "seed", 0)
+    if params["min_size"] * params["image_size"] < 4:
+        raise ValueError(
+            f"min_size * image_size must be at least 4 pixels, got {params['min_size']} * {params['image_size']}"
+        )
+    counts = {"train": params["num_train"], "val": params["num_val"]}
+    layout = {k: params[k] for k in ("min_objects", "max_objects", "min_size", "max_size", "max_overlap", "clutter")}
+    return params, counts, layout
 
 
 def _check_float(params: dict[str, Any], name: str, low: float, high: float) -> None:

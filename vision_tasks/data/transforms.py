@@ -367,7 +367,7 @@ def _check_size(value: int, name: str) -> None:
 # Segmentation
 
 # The mask value that padding writes and the losses and metrics skip (Pascal VOC's "void").
-MASK_IGNORE = 255
+IGNORE_INDEX = 255  # mask value of pixels no loss or metric counts (VOC's "void" border, padding)
 
 
 def segmentation_train_transform(
@@ -411,7 +411,7 @@ def segmentation_train_transform(
         ),
         A.PadIfNeeded(
             min_height=crop_size, min_width=crop_size, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=0,
-            fill_mask=MASK_IGNORE,
+            fill_mask=IGNORE_INDEX,
         ),
         A.RandomCrop(height=crop_size, width=crop_size),
     ]
@@ -447,7 +447,7 @@ def segmentation_eval_transform(
         pad.append(
             A.PadIfNeeded(
                 min_height=pad_size, min_width=pad_size, position="top_left", border_mode=cv2.BORDER_CONSTANT,
-                fill=0, fill_mask=MASK_IGNORE,
+                fill=0, fill_mask=IGNORE_INDEX,
             )
         )
     return A.Compose([*normalize, *pad, to_tensor])
