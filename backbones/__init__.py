@@ -19,6 +19,8 @@ from .mobilenet_v2 import TABLE2, FeatureInfo, InvertedResidual, MobileNetV2, fe
 from .weights import LoadReport, WeightsError, load_weights, read_state_dict
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "TABLE2",
     "FeatureInfo",
     "InvertedResidual",
@@ -33,6 +35,11 @@ __all__ = [
     "read_state_dict",
     "register_backbone",
 ]
+
+# The input normalisation of torchvision's and timm's ImageNet weights, in [0, 1] units: a backbone takes
+# ``(images - IMAGENET_MEAN) / IMAGENET_STD`` (the task models of vision_tasks.models apply it themselves).
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {"mobilenet_v2": MobileNetV2}
 

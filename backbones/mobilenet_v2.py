@@ -19,8 +19,9 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,9 +30,11 @@ from torch import nn
 __all__ = [
     "TABLE2",
     "Conv2dSame",
+    "ConvBNAct",
     "FeatureInfo",
     "InvertedResidual",
     "MobileNetV2",
+    "NormLayer",
     "Padding",
     "feature_names",
     "make_divisible",
@@ -54,6 +57,7 @@ LAST_CHANNELS = 1280  # Table 2, conv2d 1x1 after the bottlenecks
 Shortcut = Literal["bottleneck", "expansion", "none"]
 Padding = Literal["symmetric", "tf_same"]
 PADDINGS = ("symmetric", "tf_same")
+NormLayer = Callable[..., nn.Module]  # torchvision-style: norm_layer(num_channels, ...) -> module
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -123,11 +127,34 @@ class FeatureInfo:
     stride: int
 
 
-class ConvBNAct(nn.Sequential):
-    """Conv2d -> BatchNorm2d -> optional ReLU6 (indices 0, 1, 2 as in torchvision's checkpoints).
+def _make_norm(norm_layer: NormLayer, channels: int, eps: float = 1e-5, momentum: float = 0.1) -> nn.Module:
+    """``norm_layer(channels, eps=eps, momentum=momentum)``, leaving out the keywords it does not take
+    (torchvision's ``FrozenBatchNorm2d`` has an ``eps`` but no ``momentum``)."""
+    try:
+        params = inspect.signature(norm_layer).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: the channel count only
+        params = {}
+    any_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {k: v for k, v in (("eps", eps), ("momentum", momentum)) if any_keyword or k in params}
+    return norm_layer(channels, **kwargs)
 
-    ``padding``: ``"symmetric"`` (PyTorch / torchvision, ``(k - 1) // 2 * dilation`` on every side) or
-    ``"tf_same"`` (TensorFlow "SAME", computed from the input size, see :func:`pad_same`).
+
+# Not torchvision's Conv2dNormActivation: backbones depends on torch only, and TF "SAME" padding needs Conv2dSame.
+class ConvBNAct(nn.Sequential):
+    """Conv2d (no bias) -> BatchNorm -> optional activation (indices 0, 1, 2 as in torchvision's checkpoints).
+
+    The one conv-BN-activation block of the backbone and of the SSDLite and DeepLab heads.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, dilation, groups: of the conv.
+        activation: the activation's class, built with ``inplace=True`` (``nn.ReLU6``: MobileNetV2 and
+            SSDLite; ``nn.ReLU``: TF DeepLab's own layers); ``None`` for none.
+        bn_eps, bn_momentum: BatchNorm settings, passed to ``norm_layer`` when it takes them.
+        padding: ``"symmetric"`` (PyTorch / torchvision, ``(k - 1) // 2 * dilation`` on every side) or
+            ``"tf_same"`` (TensorFlow "SAME", computed from the input size, see :func:`pad_same`).
+        norm_layer: the normalisation's class or factory, torchvision-style (called with the channel
+            count, see :func:`_make_norm`); ``nn.BatchNorm2d`` by default, torchvision's
+            ``FrozenBatchNorm2d`` for a frozen one.
     """
 
     def __init__(
@@ -138,17 +165,18 @@ class ConvBNAct(nn.Sequential):
         stride: int = 1,
         dilation: int = 1,
         groups: int = 1,
-        activation: bool = True,
+        activation: Callable[..., nn.Module] | None = nn.ReLU6,
         bn_eps: float = 1e-5,
         bn_momentum: float = 0.1,
         padding: Padding = "symmetric",
+        norm_layer: NormLayer = nn.BatchNorm2d,
     ) -> None:
         layers: list[nn.Module] = [
             _conv(in_channels, out_channels, kernel_size, stride, dilation, groups, padding),
-            nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum),
+            _make_norm(norm_layer, out_channels, bn_eps, bn_momentum),
         ]
-        if activation:
-            layers.append(nn.ReLU6(inplace=True))
+        if activation is not None:
+            layers.append(activation(inplace=True))
         super().__init__(*layers)
 
 
@@ -172,6 +200,7 @@ class InvertedResidual(nn.Module):
             slices of the inner tensor, so that only ``1/splits`` of it is alive at a time.
             Same outputs, same multiply-adds; ``1`` (default) is the plain computation.
         padding: of the depthwise conv, ``"symmetric"`` or ``"tf_same"`` (see :class:`ConvBNAct`).
+        norm_layer: the BatchNorm class (see :class:`ConvBNAct`).
     """
 
     def __init__(
@@ -187,6 +216,7 @@ class InvertedResidual(nn.Module):
         bn_eps: float = 1e-5,
         bn_momentum: float = 0.1,
         padding: Padding = "symmetric",
+        norm_layer: NormLayer = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
         if stride not in (1, 2):
@@ -203,18 +233,23 @@ class InvertedResidual(nn.Module):
         self.memory_efficient_splits = int(memory_efficient_splits)
         if not 1 <= self.memory_efficient_splits <= hidden:
             raise ValueError(f"memory_efficient_splits must be in [1, {hidden}], got {memory_efficient_splits}")
-        bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
+        bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum, norm_layer=norm_layer)
         layers: list[nn.Module] = []
         if self.has_expansion:
             layers.append(ConvBNAct(in_channels, hidden, kernel_size=1, **bn))
         layers += [
             ConvBNAct(hidden, hidden, 3, stride, dilation, groups=hidden, padding=padding, **bn),
             nn.Conv2d(hidden, out_channels, 1, bias=False),
-            nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum),
+            _make_norm(norm_layer, out_channels, bn_eps, bn_momentum),
         ]
         if not linear_bottleneck:
             layers.append(nn.ReLU6(inplace=True))  # no parameters: checkpoint keys are unchanged
         self.conv = nn.Sequential(*layers)  # named "conv" as in torchvision's checkpoints
+        if self.memory_efficient_splits > 1 and self.has_expansion:
+            norms = (self.conv[0][1], self.conv[1][1])
+            if not all(isinstance(getattr(n, "running_var", None), torch.Tensor) for n in norms):
+                raise ValueError("memory_efficient_splits needs BatchNorms with running statistics (per-channel in "
+                                 f"eval mode), got {type(norms[0]).__name__}")
 
     def expand(self, x: torch.Tensor) -> torch.Tensor:
         """The expansion output (the ``layerN_expand`` tap); the input itself when ``t == 1``."""
@@ -238,7 +273,8 @@ class InvertedResidual(nn.Module):
         # Section 5.1: F(x) = sum_i (B_i o N o A_i)(x) over slices i of the inner channels. The
         # expansion BN + ReLU6 and the depthwise conv + BN + ReLU6 are per channel, so each slice is
         # exact; the projection is linear, so its partial outputs add up before its BN. Eval only:
-        # the BNs use their running statistics.
+        # the BNs use their running statistics (nn.BatchNorm2d, or torchvision's FrozenBatchNorm2d,
+        # which has the same buffers and eps).
         expand_conv, expand_bn = self.conv[0][0], self.conv[0][1]
         dw_conv, dw_bn = self.conv[1][0], self.conv[1][1]
         project, project_bn, *post = self.conv[2:]
@@ -262,7 +298,8 @@ class InvertedResidual(nn.Module):
         return x + out if self.use_res_connect else out
 
 
-def _bn_slice(x: torch.Tensor, bn: nn.BatchNorm2d, lo: int, hi: int) -> torch.Tensor:
+def _bn_slice(x: torch.Tensor, bn: nn.Module, lo: int, hi: int) -> torch.Tensor:
+    """Channels ``lo:hi`` of an eval-mode BatchNorm (``nn.BatchNorm2d`` or ``FrozenBatchNorm2d``)."""
     return F.batch_norm(
         x, bn.running_mean[lo:hi], bn.running_var[lo:hi], bn.weight[lo:hi], bn.bias[lo:hi], False, 0.0, bn.eps
     )
@@ -291,9 +328,14 @@ class MobileNetV2(nn.Module):
         expand_ratio: the expansion factor ``t`` of every row of Table 2 that has ``t != 1``
             (the paper: "rates between 5 and 10 give nearly identical performance"; default 6).
         linear_bottleneck, shortcut, memory_efficient_splits: see :class:`InvertedResidual`.
-        freeze_bn: keep every BatchNorm in eval mode with frozen affine parameters (for
-            fine-tuning with small batches).
-        bn_eps, bn_momentum: BatchNorm settings (PyTorch defaults; TF used eps 1e-3, decay 0.997).
+        freeze_bn: frozen BatchNorms (for fine-tuning with small batches): ``norm_layer`` becomes
+            torchvision's ``FrozenBatchNorm2d``, whose statistics and affine terms are buffers, never
+            trained nor updated, in training mode too (same state-dict entries as ``nn.BatchNorm2d``
+            less ``num_batches_tracked``; torchvision's checkpoints load into it as they are).
+        bn_eps, bn_momentum: BatchNorm settings (PyTorch defaults; TF used eps 1e-3, decay 0.997),
+            passed to ``norm_layer`` when it takes them (``FrozenBatchNorm2d``: eps only).
+        norm_layer: the BatchNorm class, torchvision-style (see :class:`ConvBNAct`); default
+            ``nn.BatchNorm2d``. ``memory_efficient_splits`` needs one with running statistics.
         round_nearest: channel rounding (8 in both reference implementations).
         inverted_residual_setting: replace Table 2's ``(t, c, n, s)`` rows.
         in_channels: image channels.
@@ -319,8 +361,17 @@ class MobileNetV2(nn.Module):
         inverted_residual_setting: Sequence[Sequence[int]] | None = None,
         in_channels: int = 3,
         padding: Padding = "symmetric",
+        norm_layer: NormLayer = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
+        if freeze_bn:
+            # lazily: backbones alone needs torch only (torchvision is a dependency of the package anyway)
+            from torchvision.ops import FrozenBatchNorm2d
+
+            if norm_layer not in (nn.BatchNorm2d, FrozenBatchNorm2d):
+                raise ValueError(f"freeze_bn=True means norm_layer=FrozenBatchNorm2d; it does not combine with "
+                                 f"norm_layer={norm_layer!r}")
+            norm_layer = FrozenBatchNorm2d
         if padding not in PADDINGS:
             raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
         if width_mult <= 0:
@@ -344,7 +395,7 @@ class MobileNetV2(nn.Module):
         self.padding = padding
         last_needed = max(int(name.split("_")[0][len("layer") :]) for name in self.out_features)
 
-        bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
+        bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum, norm_layer=norm_layer)
         channels = make_divisible(STEM_CHANNELS * width_mult, round_nearest)
         layers: list[nn.Module] = [ConvBNAct(in_channels, channels, 3, stride=2, padding=padding, **bn)]
         info = {"layer1": FeatureInfo("layer1", channels, 2)}
@@ -383,10 +434,6 @@ class MobileNetV2(nn.Module):
         self.features = nn.Sequential(*layers)  # named "features" as in torchvision's checkpoints
         self.feature_info: list[FeatureInfo] = [info[name] for name in self.out_features]
         self._init_weights()
-        if freeze_bn:
-            for module in self.modules():
-                if isinstance(module, nn.BatchNorm2d):
-                    module.requires_grad_(False)
 
     @property
     def num_features(self) -> int:
@@ -398,17 +445,9 @@ class MobileNetV2(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.BatchNorm2d):
+            elif isinstance(m, nn.modules.batchnorm._NormBase) and m.affine:  # FrozenBatchNorm2d: 1 and 0 already
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-
-    def train(self, mode: bool = True) -> "MobileNetV2":
-        super().train(mode)
-        if self.freeze_bn:
-            for module in self.modules():
-                if isinstance(module, nn.BatchNorm2d):
-                    module.eval()
-        return self
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         wanted = set(self.out_features)

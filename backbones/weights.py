@@ -40,7 +40,9 @@ __all__ = ["LoadReport", "WeightsError", "load_weights", "read_state_dict", "tim
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
 _WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.")
-_OPTIONAL_SUFFIXES = ("num_batches_tracked",)  # old torchvision files predate this buffer
+# BN counters a file may lack (old torchvision files predate them) and a model may lack (torchvision's
+# FrozenBatchNorm2d, for freeze_bn=True, keeps none): optional both ways
+_OPTIONAL_SUFFIXES = ("num_batches_tracked",)
 
 
 class WeightsError(ValueError):
@@ -253,6 +255,8 @@ def load_weights(
                 mismatched.append(f"{model_key}: file {tuple(value.shape)} vs model {tuple(target[model_key].shape)}{in_file}")
             else:
                 new_state[model_key] = value
+        elif canon.endswith(_OPTIONAL_SUFFIXES) and f"{canon.rsplit('.', 1)[0]}.running_var" in target_by_canon:
+            continue  # a counter of a BN that keeps none (FrozenBatchNorm2d)
         elif _is_outside_model(canon, num_layers, has_classifier):
             ignored.append(file_names.get(key, key))
         else:
@@ -283,8 +287,11 @@ def _fit_folded_batch_norms(module: nn.Module, new_state: dict[str, torch.Tensor
     exact when ``running_var = 1 - eps`` with each BN's own eps. Warns when the TF "SAME" padding is off."""
     modules = dict(module.named_modules())
     for key in new_state:
-        if key.endswith(".running_var") and isinstance(modules.get(key.rsplit(".", 1)[0]), nn.modules.batchnorm._BatchNorm):
-            new_state[key] = torch.full_like(new_state[key], 1.0 - modules[key.rsplit(".", 1)[0]].eps)
+        bn = modules.get(key.rsplit(".", 1)[0])
+        # nn.BatchNorm2d or torchvision's FrozenBatchNorm2d (no common base class; both have running_var and eps)
+        is_bn = isinstance(getattr(bn, "running_var", None), torch.Tensor) and hasattr(bn, "eps")
+        if key.endswith(".running_var") and is_bn:
+            new_state[key] = torch.full_like(new_state[key], 1.0 - bn.eps)
     paddings = {getattr(m, "padding", None) for m in module.modules() if type(m).__name__ == "MobileNetV2"}
     if paddings and paddings != {"tf_same"}:
         warnings.warn(f"{name}: TF weights in a backbone with padding={sorted(map(str, paddings))}; build the model "

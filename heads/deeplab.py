@@ -20,11 +20,14 @@ The activations are ReLU, not ReLU6 (TF DeepLab's ``tf.nn.relu`` in its own laye
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from backbones.mobilenet_v2 import ConvBNAct
 
 __all__ = ["ASPP_BASE_RATES", "DeepLabV3Head", "FCNAuxHead", "aspp_rates", "upsample_logits"]
 
@@ -38,17 +41,6 @@ def aspp_rates(output_stride: int) -> tuple[int, ...]:
     if output_stride not in (8, 16, 32):
         raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
     return tuple(rate * 16 // output_stride for rate in ASPP_BASE_RATES)
-
-
-def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1, groups: int = 1,
-                  *, bn: dict) -> nn.Sequential:
-    """Conv (no bias) -> BatchNorm -> ReLU, "same" padding."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=(kernel_size - 1) // 2 * dilation,
-                  dilation=dilation, groups=groups, bias=False),
-        nn.BatchNorm2d(out_channels, eps=bn["eps"], momentum=bn["momentum"]),
-        nn.ReLU(inplace=True),
-    )
 
 
 class DeepLabV3Head(nn.Module):
@@ -94,19 +86,19 @@ class DeepLabV3Head(nn.Module):
         if any(r < 1 for r in rates):
             raise ValueError(f"atrous_rates must be positive integers, got {tuple(atrous_rates or ())}")
         self.atrous_rates = rates
-        bn = {"eps": bn_eps, "momentum": bn_momentum}
-        self.image_pooling = nn.Sequential(nn.AdaptiveAvgPool2d(1), *_conv_bn_relu(in_channels, channels, bn=bn))
-        self.aspp0 = _conv_bn_relu(in_channels, channels, bn=bn)
+        conv_bn_relu = functools.partial(ConvBNAct, activation=nn.ReLU, bn_eps=bn_eps, bn_momentum=bn_momentum)
+        self.image_pooling = nn.Sequential(nn.AdaptiveAvgPool2d(1), *conv_bn_relu(in_channels, channels, 1))
+        self.aspp0 = conv_bn_relu(in_channels, channels, 1)
         self.aspp = nn.ModuleList(
             nn.Sequential(
-                _conv_bn_relu(in_channels, in_channels, 3, dilation=rate, groups=in_channels, bn=bn),
-                _conv_bn_relu(in_channels, channels, bn=bn),
+                conv_bn_relu(in_channels, in_channels, 3, dilation=rate, groups=in_channels),
+                conv_bn_relu(in_channels, channels, 1),
             )
             if separable
-            else _conv_bn_relu(in_channels, channels, 3, dilation=rate, bn=bn)
+            else conv_bn_relu(in_channels, channels, 3, dilation=rate)
             for rate in rates
         )
-        self.projection = _conv_bn_relu(channels * (2 + len(rates)), channels, bn=bn)
+        self.projection = conv_bn_relu(channels * (2 + len(rates)), channels, 1)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, kernel_size=1)
 
@@ -128,7 +120,7 @@ class FCNAuxHead(nn.Sequential):
                  bn_eps: float = 1e-5, bn_momentum: float = 0.1) -> None:
         inner = max(in_channels // 4, 8)
         super().__init__(
-            *_conv_bn_relu(in_channels, inner, 3, bn={"eps": bn_eps, "momentum": bn_momentum}),
+            *ConvBNAct(in_channels, inner, 3, activation=nn.ReLU, bn_eps=bn_eps, bn_momentum=bn_momentum),
             nn.Dropout(dropout),
             nn.Conv2d(inner, num_classes, kernel_size=1),
         )

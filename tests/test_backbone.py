@@ -7,10 +7,12 @@ import math
 import pytest
 import torch
 from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
 
 import backbones
 from backbones import InvertedResidual, create_backbone, feature_names
 from vision_tasks.models import mobilenet_v2_classifier
+from vision_tasks.optim import param_groups
 from vision_tasks.stats import count_params
 from conftest import randomize_bn
 
@@ -297,18 +299,22 @@ def test_memory_efficient_splits_same_outputs(mode, monkeypatch):
             torch.testing.assert_close(got[name], want[name], rtol=0, atol=1e-5)
 
 
-def test_freeze_bn():
+def test_freeze_bn_uses_torchvision_frozen_batch_norm():
     torch.manual_seed(0)
-    net = create_backbone("mobilenet_v2", freeze_bn=True, out_features=("layer18",))
-    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
-    net.train()
-    assert net.training and all(not bn.training for bn in bns)
-    assert all(not p.requires_grad for bn in bns for p in bn.parameters())
+    net = create_backbone("mobilenet_v2", freeze_bn=True, out_features=("layer18",), bn_eps=1e-3)
+    frozen = [m for m in net.modules() if isinstance(m, FrozenBatchNorm2d)]
+    assert len(frozen) == 51 and not any(isinstance(m, nn.modules.batchnorm._NormBase) for m in net.modules())
+    assert {m.eps for m in frozen} == {1e-3}  # bn_eps reaches the frozen BNs
     assert all(m.weight.requires_grad for m in net.modules() if isinstance(m, nn.Conv2d))
+    assert all(not p.requires_grad for m in frozen for p in m.parameters())  # no BN parameters to train at all
+    assert sum(p.numel() for p in net.parameters()) == sum(
+        m.weight.numel() for m in net.modules() if isinstance(m, nn.Conv2d))
+    assert param_groups(net, 0.0)[1]["params"] == []  # nothing for the no-decay group
+    net.train()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     net(torch.randn(2, 3, 64, 64))["layer18"].sum().backward()
     after = net.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # training mode leaves the statistics alone
     # the same model without freeze_bn does update its running statistics
     free = create_backbone("mobilenet_v2", out_features=("layer18",)).train()
     free_before = {k: v.clone() for k, v in free.state_dict().items()}
@@ -316,7 +322,67 @@ def test_freeze_bn():
     assert not all(torch.equal(free_before[k], v) for k, v in free.state_dict().items())
 
 
+def test_frozen_backbone_computes_what_the_unfrozen_one_does_in_eval_mode():
+    torch.manual_seed(0)
+    taps = ("layer15_expand", "layer19")
+    free = create_backbone("mobilenet_v2", out_features=taps, bn_eps=1e-3).eval()
+    randomize_bn(free)
+    frozen = create_backbone("mobilenet_v2", out_features=taps, bn_eps=1e-3, freeze_bn=True)
+    frozen.load_state_dict(free.state_dict())  # strict: num_batches_tracked is dropped by FrozenBatchNorm2d
+    assert free.state_dict().keys() - frozen.state_dict().keys() == {
+        k for k in free.state_dict() if k.endswith("num_batches_tracked")}
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want, got = free(x), frozen.train()(x)  # the frozen one in training mode too
+    for name in taps:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5)
+    # and back: a frozen model's state dict (no counters) into a plain one, through load_weights
+    plain = create_backbone("mobilenet_v2", out_features=taps, bn_eps=1e-3).eval()
+    report = backbones.load_weights(plain, frozen.state_dict())
+    assert not report.missing and not report.unexpected
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x)["layer19"], want["layer19"])
+
+
+def test_torchvision_state_dict_loads_strictly_into_a_frozen_backbone():
+    torchvision = pytest.importorskip("torchvision")
+    reference = torchvision.models.mobilenet_v2().eval()
+    randomize_bn(reference)
+    state = reference.state_dict()
+    net = create_backbone("mobilenet_v2", freeze_bn=True)
+    report = backbones.load_weights(net, state)  # strict by default; num_batches_tracked is not "unexpected"
+    assert not report.missing and not report.unexpected and not report.mismatched
+    assert sorted(report.ignored) == ["classifier.1.bias", "classifier.1.weight"]  # a bare backbone has no classifier
+    net.load_state_dict({k: v for k, v in state.items() if k.startswith("features.")})  # torch's strict load too
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x)["layer19"], reference.features(x), rtol=1e-4, atol=1e-5)
+
+
+def test_memory_efficient_splits_with_frozen_batch_norms():
+    torch.manual_seed(0)
+    taps = ("layer18",)
+    ref = create_backbone("mobilenet_v2", out_features=taps).eval()
+    randomize_bn(ref)
+    net = create_backbone("mobilenet_v2", out_features=taps, freeze_bn=True, memory_efficient_splits=4)
+    net.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(net.eval()(x)["layer18"], ref(x)["layer18"], rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="running statistics"):
+        create_backbone("mobilenet_v2", memory_efficient_splits=2, norm_layer=lambda c, **kw: nn.GroupNorm(1, c))
+
+
+def test_norm_layer_is_an_argument():
+    net = create_backbone("mobilenet_v2", out_features=("layer2",), norm_layer=nn.SyncBatchNorm, bn_momentum=0.01)
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
+    assert norms and all(type(m) is nn.SyncBatchNorm and m.momentum == 0.01 for m in norms)
+    with pytest.raises(ValueError, match="freeze_bn=True means norm_layer=FrozenBatchNorm2d"):
+        create_backbone("mobilenet_v2", freeze_bn=True, norm_layer=nn.SyncBatchNorm)
+
+
 def test_freeze_bn_through_classifier_train():
     model = mobilenet_v2_classifier(num_classes=10, freeze_bn=True).train()
     assert model.training and model.head.dropout.training
-    assert all(not m.training for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    assert sum(isinstance(m, FrozenBatchNorm2d) for m in model.modules()) == 52
+    assert not any(isinstance(m, nn.modules.batchnorm._NormBase) for m in model.modules())
