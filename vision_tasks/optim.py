@@ -2,111 +2,143 @@
 
 from __future__ import annotations
 
-import math
-from typing import Callable
+from bisect import bisect_right
 
 from torch import nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, PolynomialLR, SequentialLR
 
 __all__ = ["PolyLR", "WarmupCosineLR", "param_groups"]
 
 
-class WarmupCosineLR(LambdaLR):
+class _WarmupThen(SequentialLR):
+    """torch's ``LinearLR`` from ``warmup_factor`` to 1 over ``warmup_steps`` steps, then ``decay`` (built
+    over the remaining ``total_steps - warmup_steps``), as a ``SequentialLR``; no warm-up: ``decay`` alone.
+
+    Two departures from a bare ``SequentialLR``, both what the former ``LambdaLR`` schedules did:
+    past ``total_steps`` the learning rate stays at its final value (torch's cosine would rise again),
+    and :meth:`load_state_dict` takes the position from the state dict but keeps the constructor's
+    shape (run length, warm-up): a run resumed with a longer ``trainer.max_epochs`` continues on the
+    stretched schedule, where ``SequentialLR`` would restore the old ``T_max`` / ``total_iters``.
+    """
+
+    def __init__(self, optimizer: Optimizer, total_steps: int, warmup_steps: int, warmup_factor: float,
+                 decay: type[LRScheduler], **decay_kwargs) -> None:
+        if not 0 < warmup_factor <= 1:
+            raise ValueError(f"warmup_factor must be in (0, 1] (torch's LinearLR starts at a positive factor), "
+                             f"got {warmup_factor}")
+        self.total_steps, self.warmup_steps = int(total_steps), int(warmup_steps)
+        schedulers: list[LRScheduler] = []
+        if self.warmup_steps:
+            schedulers.append(LinearLR(optimizer, warmup_factor, 1.0, total_iters=self.warmup_steps))
+        schedulers.append(decay(optimizer, self.total_steps - self.warmup_steps, **decay_kwargs))
+        super().__init__(optimizer, schedulers, milestones=[self.warmup_steps] if self.warmup_steps else [])
+
+    def step(self) -> None:  # type: ignore[override]
+        if self.last_epoch >= self.total_steps:  # past the run's end: keep the final learning rate
+            self.last_epoch += 1
+            return
+        super().step()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.last_epoch = int(state_dict["last_epoch"])
+        # the learning rates of that position on this schedule, in closed form from the base learning
+        # rates (the optimizer's initial_lr, restored with its state); later steps continue from there
+        position = min(self.last_epoch, self.total_steps)
+        index = bisect_right(self._milestones, position)
+        active = self._schedulers[index]
+        base_lrs = [group["initial_lr"] for group in self.optimizer.param_groups]
+        for scheduler in self._schedulers:
+            scheduler.base_lrs = list(base_lrs)
+        active.last_epoch = position - (self._milestones[index - 1] if index else 0)
+        lrs = active._get_closed_form_lr()  # noqa: SLF001 (torch's own formula, as step(epoch) uses it)
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        active._last_lr = self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+
+def _check_length(total_steps: int | None, steps_per_epoch: int = 1) -> None:
+    # total_steps defaults to None only so that LightningCLI accepts a config without it (jsonargparse
+    # wants every required argument but the optimizer); VisionTask.configure_optimizers passes it
+    if total_steps is None:
+        raise ValueError("total_steps (the run's length in scheduler steps) is required; VisionTask."
+                         "configure_optimizers passes it (trainer.estimated_stepping_batches, or the number of "
+                         "epochs when stepped per epoch)")
+    if total_steps < 1 or steps_per_epoch < 1:
+        raise ValueError(f"total_steps and steps_per_epoch must be >= 1, got {total_steps}, {steps_per_epoch}")
+
+
+class WarmupCosineLR(_WarmupThen):
     """Linear warm-up from ``warmup_factor * lr`` over ``warmup_epochs``, then cosine decay to ``eta_min_factor * lr``.
 
-    Durations are in epochs. Stepped once per epoch by default; a task with
-    ``scheduler_interval="step"`` builds it with ``steps_per_epoch`` and steps it every batch, so
-    the warm-up and the decay are smooth (torchvision's and timm's per-iteration schedules).
-    A torch ``LambdaLR`` (its state dict, resuming and ``get_last_lr`` work as usual), as one class
-    so that Hydra (``_partial_``) and LightningCLI (``class_path``) build it from the optimizer alone.
+    torch's ``SequentialLR`` of ``LinearLR`` and ``CosineAnnealingLR`` (just the latter without warm-up).
+    ``total_steps`` is the number of scheduler steps in the whole run and ``steps_per_epoch`` the
+    number per epoch: a task passes both (:meth:`~vision_tasks.tasks.base.VisionTask.configure_optimizers`;
+    stepped every batch with ``scheduler_interval="step"``, which makes warm-up and decay smooth as in
+    torchvision's and timm's recipes; per epoch, ``total_steps`` is the number of epochs and
+    ``steps_per_epoch`` 1), so no config carries the run's length. The warm-up is given in epochs and
+    rounded to whole steps; it is cut to ``total_steps - 1`` so that short debugging runs keep a
+    cosine part. ``warmup_factor`` must be positive (torch's ``LinearLR``). One class, so that Hydra
+    (``_partial_``) and LightningCLI (``class_path``) build it from the optimizer alone.
     """
 
     def __init__(
         self,
         optimizer: Optimizer,
-        max_epochs: int,
+        total_steps: int | None = None,
         warmup_epochs: float = 0,
         warmup_factor: float = 0.01,
         eta_min_factor: float = 0.0,
         steps_per_epoch: int = 1,
     ) -> None:
-        if max_epochs < 1 or steps_per_epoch < 1:
-            raise ValueError(f"max_epochs and steps_per_epoch must be >= 1, got {max_epochs}, {steps_per_epoch}")
-        total = max_epochs * steps_per_epoch
-        # short debugging runs keep a cosine part
-        warmup = min(round(warmup_epochs * steps_per_epoch), total - 1)
+        _check_length(total_steps, steps_per_epoch)
+        lrs = [float(group.get("initial_lr", group["lr"])) for group in optimizer.param_groups]
+        if eta_min_factor and len(set(lrs)) > 1:
+            raise ValueError(f"eta_min_factor={eta_min_factor} needs one learning rate for all parameter groups "
+                             f"(torch's CosineAnnealingLR has a single eta_min), got {lrs}")
+        self.steps_per_epoch = int(steps_per_epoch)
+        warmup = min(round(warmup_epochs * steps_per_epoch), int(total_steps) - 1)
+        super().__init__(optimizer, total_steps, warmup, warmup_factor, CosineAnnealingLR,
+                         eta_min=eta_min_factor * lrs[0])
 
-        def cosine(progress: float) -> float:
-            return eta_min_factor + (1 - eta_min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
 
-        super().__init__(optimizer, _warmup_then(cosine, total, warmup, warmup_factor))
-
-
-class PolyLR(LambdaLR):
+class PolyLR(_WarmupThen):
     """DeepLab's "poly" schedule: ``lr = base_lr * (1 - step / total_steps) ** power``, stepped every batch.
 
-    Durations are in optimizer steps. Built by a task with ``scheduler_interval="step"`` as
-    ``scheduler(optimizer, total_steps=trainer.estimated_stepping_batches)``, so ``trainer.max_steps``
-    (TF DeepLab's ``training_number_of_steps``, e.g. 30000) and ``trainer.max_epochs`` both work.
+    torch's ``PolynomialLR`` (after a ``LinearLR`` warm-up, as a ``SequentialLR``). Durations are in
+    scheduler steps. A task builds it as ``scheduler(optimizer, total_steps=...)`` with the run's length
+    (``trainer.estimated_stepping_batches`` stepped per batch), so ``trainer.max_steps`` (TF DeepLab's
+    ``training_number_of_steps``, e.g. 30000) and ``trainer.max_epochs`` both work.
 
     Args:
         optimizer: the optimizer whose learning rates are scheduled.
-        total_steps: length of the schedule in steps; the factor reaches ``min_lr_factor`` there
-            and stays at it afterwards.
+        total_steps: length of the schedule in steps; the learning rate reaches 0 there and stays at it.
         power: the polynomial's power (DeepLab: 0.9).
         warmup_steps: linear warm-up from ``warmup_factor * lr`` over this many steps (an integer
-            number of steps, not a fraction); the poly decay then runs over the remaining
-            ``total_steps - warmup_steps`` steps, as TF DeepLab's ``slow_start_step`` does (whose
-            warm-up is a constant ``slow_start_learning_rate`` rather than linear).
-        warmup_factor: the factor at step 0 when warming up.
-        min_lr_factor: the final factor, TF's ``end_learning_rate / base_learning_rate``:
-            ``factor = min + (1 - min) * (1 - progress) ** power``.
+            number of steps, not a fraction; cut to ``total_steps - 1``); the poly decay then runs
+            over the remaining ``total_steps - warmup_steps`` steps, as TF DeepLab's
+            ``slow_start_step`` does (whose warm-up is a constant ``slow_start_learning_rate`` rather
+            than linear).
+        warmup_factor: the factor at step 0 when warming up; positive (torch's ``LinearLR``).
 
-    A torch ``LambdaLR``: its state dict, resuming and ``get_last_lr`` work as usual.
+    TF's ``end_learning_rate`` (a floor other than 0; the DeepLab recipes leave it at 0) has no
+    counterpart in ``PolynomialLR``.
     """
 
     def __init__(
         self,
         optimizer: Optimizer,
-        total_steps: int,
+        total_steps: int | None = None,
         power: float = 0.9,
         warmup_steps: int = 0,
         warmup_factor: float = 0.01,
-        min_lr_factor: float = 0.0,
     ) -> None:
-        if total_steps < 1:
-            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        _check_length(total_steps)
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-        total = int(total_steps)
-        # short debugging runs keep a decaying part
-        warmup = min(int(warmup_steps), total - 1)
-
-        def poly(progress: float) -> float:
-            return min_lr_factor + (1 - min_lr_factor) * (1 - progress) ** power
-
-        self.total_steps, self.warmup_steps, self.power = total, warmup, power  # for inspection
-        super().__init__(optimizer, _warmup_then(poly, total, warmup, warmup_factor))
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        # the position (last_epoch) comes from the checkpoint, the shape from the constructor (the current
-        # config), as for WarmupCosineLR; the informational attributes must then describe the latter
-        shape = {k: self.__dict__[k] for k in ("total_steps", "warmup_steps", "power")}
-        super().load_state_dict(state_dict)
-        self.__dict__.update(shape)
-
-
-def _warmup_then(decay: Callable[[float], float], total: int, warmup: int, warmup_factor: float) -> Callable[[int], float]:
-    """The factor of step ``s``: linear from ``warmup_factor`` to 1 over ``warmup`` steps, then ``decay``
-    of the progress (0 to 1) through the remaining ``total - warmup`` steps, 1 from there on."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return warmup_factor + (1 - warmup_factor) * step / warmup
-        return decay(min(1.0, (step - warmup) / max(1, total - warmup)))
-
-    return factor
+        self.power = power
+        warmup = min(int(warmup_steps), int(total_steps) - 1)
+        super().__init__(optimizer, total_steps, warmup, warmup_factor, PolynomialLR, power=power)
 
 
 def param_groups(model: nn.Module, norm_weight_decay: float | None) -> list[dict]:
