@@ -11,8 +11,6 @@ import torch
 from PIL import Image
 
 from vision_tasks.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     SHAPES,
     DataError,
     ImageFolderDataModule,
@@ -148,24 +146,20 @@ def test_dataset_without_transform_gives_unit_range(tmp_path):
     assert torch.equal(image, expected)
 
 
-def test_eval_transform_resizes_crops_and_normalizes():
+def test_eval_transform_resizes_crops_into_0_1():
     image = np.zeros((40, 80, 3), dtype=np.uint8)
     image[:, 40:] = 255  # left half black, right half white
     out = classification_eval_transform(16)(image=image)["image"]  # shorter side -> 18, center crop 16
     assert out.shape == (3, 16, 16) and out.dtype == torch.float32
-    mean, std = torch.tensor(IMAGENET_MEAN)[:, None], torch.tensor(IMAGENET_STD)[:, None]
-    assert torch.allclose(out[:, :, 0], (0 - mean) / std, atol=1e-5)
-    assert torch.allclose(out[:, :, -1], (1 - mean) / std, atol=1e-5)
+    assert out[:, :, 0].eq(0).all() and out[:, :, -1].eq(1).all()  # the models normalise themselves
     with pytest.raises(ValueError, match="resize_size"):
         classification_eval_transform(16, resize_size=12)
 
 
 def test_train_transform_output_and_arguments():
-    out = classification_train_transform(24, scale=(0.5, 1.0), mean=(0.5,) * 3, std=(0.25,) * 3)(
-        image=np.full((30, 50, 3), 128, dtype=np.uint8)
-    )["image"]
+    out = classification_train_transform(24, scale=(0.5, 1.0))(image=np.full((30, 50, 3), 128, dtype=np.uint8))["image"]
     assert out.shape == (3, 24, 24) and out.dtype == torch.float32
-    assert torch.allclose(out, torch.full_like(out, (128 / 255 - 0.5) / 0.25), atol=1e-4)
+    assert torch.allclose(out, torch.full_like(out, 128 / 255), atol=1e-6)
     with pytest.raises(ValueError, match="scale"):
         classification_train_transform(24, scale=(0.0, 1.0))
 
@@ -303,7 +297,20 @@ def test_synthetic_datamodule_generates_in_data_dir(tmp_path, monkeypatch):
     assert images.shape == (8, 3, 32, 32)
     assert dm.hparams.root is None  # the cache path is resolved where the hyperparameters are loaded
     assert type(dm)(**dm.hparams).root == dm.root
-    assert -2.5 < images.mean() < 2.5 and images.std() > 0.3  # normalised with mean 0.5, std 0.25
+    assert 0 <= images.min() and images.max() <= 1 and images.std() > 0.05  # [0, 1]: the model normalises
+
+
+def test_synthetic_datamodule_hparams_are_its_arguments(tmp_path, monkeypatch):
+    monkeypatch.setenv("VISION_TASKS_DATA", str(tmp_path / "cache"))
+    dm = SyntheticClassificationDataModule(**TINY, seed=3, hflip=0.0, num_workers=0)
+    assert dm.hparams["root"] is None and dm.root.parent == tmp_path / "cache"  # the cache folder is not recorded
+    assert dm.hparams["seed"] == 3 and dm.hparams["hflip"] == 0.0  # extra keyword arguments are recorded too
+    assert "train_dir" not in dm.hparams  # only what this constructor was given, with its own defaults
+    given = SyntheticClassificationDataModule(str(tmp_path / "shapes"), **TINY, num_workers=0)
+    assert given.hparams["root"] == str(tmp_path / "shapes")
+    for module in (dm, given, ImageFolderDataModule("~/data", image_size=16)):
+        rebuilt = type(module)(**module.hparams)
+        assert rebuilt.hparams == module.hparams and rebuilt.root == module.root
 
 
 def test_synthetic_datamodule_setup_without_prepare_data(tmp_path):

@@ -33,7 +33,8 @@ from vision_tasks.data import (
     synthetic_root,
 )
 from vision_tasks.data import synthetic
-from vision_tasks.data.transforms import BBOX_FIELDS
+from vision_tasks.data.synthetic.cache import SPLIT_KEYS, sample_rng
+from vision_tasks.data.transforms.detection import BBOX_FIELDS
 
 # pycocotools' mask decoding, under numpy 2, warns about its own __array__ (not ours).
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
@@ -291,6 +292,11 @@ def test_dataset_target_contract_and_no_transform(tmp_path):
     assert target["boxes"].tolist() == [[1, 2, 11, 7], [20, 10, 30, 20]]
     image, target = DetectionDataset(ann.records, detection_eval_transform(20))[1]  # 40x30 -> 20x20
     assert torch.allclose(target["boxes"], torch.tensor([[0.5, 4 / 3, 5.5, 14 / 3], [10, 20 / 3, 15, 40 / 3]]))
+    # the image's own annotation, in the pixels of the image on disk: what evaluation compares with
+    assert target["annotations"]["boxes"].tolist() == [[1, 2, 11, 7], [20, 10, 30, 20]]
+    assert torch.equal(target["annotations"]["labels"], target["labels"])
+    assert set(target["annotations"]) == {"boxes", "labels", "iscrowd", "area"}
+    assert 0 <= image.min() and image.max() <= 1  # the model normalises
     assert target["boxes"].dtype == torch.float32 and target["labels"].dtype == torch.int64
     assert target["labels"].tolist() == [2, 0] and target["iscrowd"].tolist() == [0, 1]
     assert target["area"].tolist() == [33.5, 80.0] and target["area"].dtype == torch.float32  # original pixels
@@ -342,8 +348,10 @@ def _bright_box(image: torch.Tensor) -> np.ndarray:
 
 
 @pytest.mark.parametrize("augmentation", ["ssd", "ssdlite", "flip", "none"])
-def test_boxes_follow_the_pixels(augmentation):
-    transform = detection_train_transform(64, augmentation=augmentation, mean=(0, 0, 0), std=(1, 1, 1))
+def test_boxes_follow_the_pixels(augmentation, monkeypatch):
+    # a black zoom-out canvas, so that the box can be read back from the bright pixels
+    monkeypatch.setattr("vision_tasks.data.transforms.detection.MEAN_PIXEL", (0.0, 0.0, 0.0))
+    transform = detection_train_transform(64, augmentation=augmentation)
     transform.set_random_seed(0)
     image, boxes, fields = _rectangle_sample()
     scale = 64 / 160  # the resize alone
@@ -424,8 +432,6 @@ def test_transform_arguments_are_checked():
         detection_train_transform(32, augmentation="yolo")
     with pytest.raises(ValueError, match="image_size"):
         detection_eval_transform(0)
-    with pytest.raises(ValueError, match="normalization"):
-        detection_eval_transform(32, normalization="unit")
     with pytest.raises(ValueError, match="min_scale"):
         RandomIoUCrop(min_scale=0.0)
     with pytest.raises(ValueError, match="sampler_options"):
@@ -465,7 +471,7 @@ def test_generate_detection_boxes_are_tight_around_the_drawn_shapes(tmp_path):
     contrasted = 0
     for image_id in range(1, 7):
         # Draw the image again from its seed: the same pixels, and the masks the annotations describe.
-        rng = synthetic._sample_rng(3, synthetic._SPLIT_KEYS["train"], image_id - 1)
+        rng = sample_rng(3, SPLIT_KEYS["train"], image_id - 1)
         image, shapes = synthetic.draw_detection_image(48, rng)
         with Image.open(root / "train2017" / f"{image_id:06d}.png") as img:
             np.testing.assert_array_equal(np.asarray(img), image)
@@ -590,6 +596,55 @@ def test_voc_datamodule_and_its_coco_annotation_file(tmp_path, monkeypatch):
     assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == list(VOC_CLASSES)
     with pytest.raises(ValueError, match="year, split"):
         VOCDetectionDataModule(str(root), val_set="2007")
+
+
+def test_voc_coco_annotation_file_written_on_first_access_once(tmp_path, monkeypatch):
+    from vision_tasks.data.modules import detection as detection_modules
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("VISION_TASKS_DATA", str(cache))
+    written = []
+    write = detection_modules.write_text_atomically
+
+    def counted_write(path, text):
+        written.append(path)
+        write(path, text)
+
+    monkeypatch.setattr(detection_modules, "write_text_atomically", counted_write)
+    root = tmp_path / "VOCdevkit"
+    _voc(root, "2007", "trainval", VOC_ITEMS)
+    _voc(root, "2007", "test", {"t1": [("dog", 1, (2, 2, 9, 9))]})
+    args = dict(train_sets=[["2007", "trainval"]], val_set=["2007", "test"], image_size=32, num_workers=0)
+    dm = VOCDetectionDataModule(str(root), **args)
+    dm.setup("fit")
+    assert not cache.exists() and not written  # nothing in training needs the file: setup() writes none
+    path = dm.val_annotation_file
+    assert dm.val_annotation_file == path and written == [path]  # two accesses, one file
+    assert path.parent == cache / "coco-annotations" and path.name.startswith("VOC2007-test-")
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
+    mtime = path.stat().st_mtime_ns
+    again = VOCDetectionDataModule(str(root), **args)
+    again.setup("validate")
+    assert again.val_annotation_file == path and written == [path]  # same content: the file is reused
+    assert path.stat().st_mtime_ns == mtime
+    _voc(root, "2007", "test", {"t1": [("cat", 0, (2, 2, 9, 9))]})  # other content, other file
+    changed = VOCDetectionDataModule(str(root), **args)
+    changed.setup("validate")
+    assert changed.val_annotation_file != path and len(written) == 2
+
+
+def test_datamodule_hparams_are_the_constructor_arguments(tmp_path, monkeypatch):
+    monkeypatch.setenv("VISION_TASKS_DATA", str(tmp_path / "cache"))
+    voc = VOCDetectionDataModule("~/VOCdevkit", train_sets=[["2012", "train"]], image_size=64, num_workers=0)
+    assert voc.hparams["root"] == "~/VOCdevkit" and voc.hparams["train_sets"] == [["2012", "train"]]
+    coco = CocoDetectionDataModule(str(tmp_path / "coco"), image_size=48)
+    synthetic_dm = SyntheticDetectionDataModule(num_train=4, num_val=2, image_size=48, train_split="train2017")
+    assert synthetic_dm.hparams["root"] is None and synthetic_dm.hparams["train_split"] == "train2017"
+    given = SyntheticDetectionDataModule(str(tmp_path / "mine"), num_train=4, num_val=2)
+    assert given.hparams["root"] == str(tmp_path / "mine")
+    for dm in (voc, coco, synthetic_dm, given):
+        rebuilt = type(dm)(**dm.hparams)
+        assert rebuilt.hparams == dm.hparams and rebuilt.root == dm.root
 
 
 def test_synthetic_datamodule_generates_and_batches(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ from PIL import Image
 
 from vision_tasks.data import (
     IGNORE_INDEX,
+    MEAN_PIXEL,
     SHAPES,
     VOC_CLASSES,
     VOC_SEG_CLASSES,
@@ -31,12 +32,14 @@ from vision_tasks.data import (
     read_segmentation_folder,
     read_voc_segmentation,
     segmentation_collate,
+    segmentation_eval_collate,
     segmentation_eval_transform,
     segmentation_train_transform,
     synthetic_root,
     voc_colormap,
 )
-from vision_tasks.data.synthetic import MANIFEST_NAME, _sample_rng, draw_detection_image, draw_segmentation_image
+from vision_tasks.data.synthetic import MANIFEST_NAME, draw_detection_image, draw_segmentation_image
+from vision_tasks.data.synthetic.cache import sample_rng
 
 COCO128 = Path("/work/shared/data/coco128")
 SIZE = (30, 40)  # height, width of the test images
@@ -314,17 +317,16 @@ def test_dataset_checks_size_and_values_at_load(tmp_path):
         SegmentationDataset([SegmentationRecord(tmp_path / "img.png", tmp_path / "m.png")], 2)[0]
 
 
-def test_collate_pads_images_with_0_and_masks_with_255():
+def test_collate_stacks_training_crops_and_lists_evaluation_images():
     a = (torch.ones(3, 4, 5), torch.zeros(4, 5, dtype=torch.int64))
     b = (torch.full((3, 6, 3), 2.0), torch.ones(6, 3, dtype=torch.int64))
-    images, masks = segmentation_collate([a, b])
-    assert images.shape == (2, 3, 6, 5) and masks.shape == (2, 6, 5) and masks.dtype == torch.int64
-    assert images[0, :, :4, :5].eq(1).all() and images[0, :, 4:].eq(0).all()
-    assert images[1, :, :, :3].eq(2).all() and images[1, :, :, 3:].eq(0).all()
-    assert masks[0, :4, :5].eq(0).all() and masks[0, 4:].eq(255).all()
-    assert masks[1, :, :3].eq(1).all() and masks[1, :, 3:].eq(255).all()
     images, masks = segmentation_collate([a, a])
     assert images.shape == (2, 3, 4, 5) and masks.shape == (2, 4, 5)
+    with pytest.raises(ValueError, match="different sizes"):
+        segmentation_collate([a, b])
+    # evaluation: whole images at their own size, nothing padded (the model pads and crops back)
+    images, masks = segmentation_eval_collate([a, b])
+    assert [tuple(i.shape) for i in images] == [(3, 4, 5), (3, 6, 3)] and masks[1] is b[1]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -340,17 +342,17 @@ def test_train_transform_crops_and_keeps_mask_values():
         assert out["image"].shape == (3, 24, 24) and out["image"].dtype == torch.float32
         assert out["mask"].shape == (24, 24)
         assert set(out["mask"].unique().tolist()) <= values  # nearest: no new values
-    # scaled down 2x (20x15) and padded to 48: the padding is 0 in the image (the mean pixel) and 255 in the mask
+    # scaled down 2x (20x15) and padded to 48: the mean pixel in the image, 255 in the mask; images in [0, 1]
     out = segmentation_train_transform(48, scale_range=(0.5, 0.5), hflip=0)(image=image, mask=mask)
-    assert out["image"].shape == (3, 48, 48)
+    assert out["image"].shape == (3, 48, 48) and 0 <= out["image"].min() and out["image"].max() <= 1
     assert out["mask"][15:].eq(255).all() and out["mask"][:, 20:].eq(255).all()
-    assert out["image"][:, 15:].eq(0).all() and out["image"][:, :, 20:].eq(0).all()
+    mean_pixel = torch.tensor(MEAN_PIXEL).view(3, 1, 1)
+    assert torch.allclose(out["image"][:, 15:], mean_pixel.expand(3, 33, 48))
+    assert torch.allclose(out["image"][:, :, 20:], mean_pixel.expand(3, 48, 28))
     assert set(out["mask"][:15, :20].unique().tolist()) <= values
     # scaled up 2x: a 60x80 image, cropped
     out = segmentation_train_transform(50, scale_range=(2.0, 2.0))(image=image, mask=mask)
     assert out["image"].shape == (3, 50, 50) and set(out["mask"].unique().tolist()) <= values
-    gray = segmentation_train_transform(24, grayscale=True, normalization="image")(image=image, mask=mask)["image"]
-    assert gray.shape == (3, 24, 24) and torch.equal(gray[0], gray[1])
 
 
 def test_transform_arguments_are_checked():
@@ -360,24 +362,15 @@ def test_transform_arguments_are_checked():
         segmentation_train_transform(32, scale_range=(0.0, 1.0))
     with pytest.raises(ValueError, match="scale_range"):
         segmentation_train_transform(32, scale_range=(2.0, 1.0))
-    with pytest.raises(ValueError, match="pad_size"):
-        segmentation_eval_transform(pad_size=-1)
 
 
-def test_eval_transform_keeps_full_size_and_pads():
+def test_eval_transform_keeps_full_size_in_0_1():
     image, mask = _image(0), _mask(0)
     out = segmentation_eval_transform()(image=image, mask=mask)
-    assert out["image"].shape == (3, *SIZE)
+    assert out["image"].shape == (3, *SIZE) and out["image"].dtype == torch.float32
     np.testing.assert_array_equal(out["mask"].numpy(), mask)
-    out = segmentation_eval_transform(pad_size=48)(image=image, mask=mask)
-    assert out["image"].shape == (3, 48, 48) and out["mask"].shape == (48, 48)
-    np.testing.assert_array_equal(out["mask"][:30, :40].numpy(), mask)
-    assert out["mask"][30:].eq(255).all() and out["mask"][:, 40:].eq(255).all()
-    assert out["image"][:, 30:].eq(0).all() and out["image"][:, :, 40:].eq(0).all()
-    expected = (image[0, 0, 0] / 255.0 - 0.485) / 0.229
-    assert out["image"][0, 0, 0].item() == pytest.approx(expected, abs=1e-5)
-    # images larger than pad_size keep their size; an image alone (prediction) is fine
-    assert segmentation_eval_transform(pad_size=16)(image=image)["image"].shape == (3, *SIZE)
+    torch.testing.assert_close(out["image"], torch.from_numpy(image).permute(2, 0, 1).float() / 255)
+    assert segmentation_eval_transform()(image=image)["image"].shape == (3, *SIZE)  # an image alone (prediction)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -412,8 +405,8 @@ def test_generate_segmentation_layout_and_masks(tmp_path):
 def test_segmentation_mask_agrees_with_detection_masks():
     layout = dict(min_objects=2, max_objects=3, min_size=0.25, max_size=0.6, max_overlap=0.3)
     for index in range(3):
-        image, mask = draw_segmentation_image(64, _sample_rng(0, 0, index), **layout)
-        same_image, shapes = draw_detection_image(64, _sample_rng(0, 0, index), **layout)
+        image, mask = draw_segmentation_image(64, sample_rng(0, 0, index), **layout)
+        same_image, shapes = draw_detection_image(64, sample_rng(0, 0, index), **layout)
         np.testing.assert_array_equal(image, same_image)  # the same layout and picture
         foreground = np.zeros(mask.shape, bool)
         for label, shape_mask in shapes:  # visible coverage > 0.5: that shape's class or the ignore border
@@ -460,9 +453,10 @@ def test_generate_segmentation_deterministic_and_reused(tmp_path, monkeypatch):
 
 def test_voc_data_module(tmp_path):
     root = write_voc(tmp_path)
-    dm = VOCSegmentationDataModule(str(root), crop_size=32, eval_pad_size=48, batch_size=2, num_workers=0)
+    dm = VOCSegmentationDataModule(str(root), crop_size=32, batch_size=2, num_workers=0)
     assert dm.num_classes == 21 and dm.class_names == list(VOC_SEG_CLASSES) and dm.ignore_index == 255
-    assert dm.hparams["crop_size"] == 32
+    assert dm.hparams["crop_size"] == 32 and dm.hparams["root"] == str(root)
+    assert VOCSegmentationDataModule(**dm.hparams).hparams == dm.hparams
     dm.setup("fit")
     assert len(dm.train_dataset) == 3 and len(dm.val_dataset) == 1
     loader = dm.train_dataloader()
@@ -470,10 +464,8 @@ def test_voc_data_module(tmp_path):
     images, masks = next(iter(loader))
     assert images.shape == (2, 3, 32, 32) and images.dtype == torch.float32
     assert masks.shape == (2, 32, 32) and masks.dtype == torch.int64
-    images, masks = next(iter(dm.val_dataloader()))
-    assert images.shape == (1, 3, 48, 48) and masks.shape == (1, 48, 48)
-    assert masks[0, 30:].eq(255).all()
-    assert dm.eval_transform(image=_image(0))["image"].shape == (3, 48, 48)
+    images, masks = next(iter(dm.val_dataloader()))  # whole images, as lists
+    assert [tuple(i.shape) for i in images] == [(3, *SIZE)] and [tuple(m.shape) for m in masks] == [SIZE]
     with pytest.raises(ValueError, match="crop_size"):
         VOCSegmentationDataModule(str(root), crop_size=0)
     with pytest.raises(ValueError, match="scale_range"):
@@ -513,14 +505,15 @@ def test_folder_data_module(tmp_path):
     Image.fromarray(_image(0, (20, 40))).save(root / "images" / "val" / "e.jpg")  # a smaller val image
     Image.fromarray(_mask(0, (20, 40), num_classes=5)).save(root / "masks" / "val" / "e.png")
     names = ["background", "a", "b", "c", "d"]
-    dm = SegmentationFolderDataModule(str(root), names, crop_size=24, eval_pad_size=None, batch_size=2, num_workers=0)
+    dm = SegmentationFolderDataModule(str(root), names, crop_size=24, batch_size=2, num_workers=0)
     assert dm.num_classes == 5 and dm.class_names == names
+    assert dm.hparams["class_names"] == names and SegmentationFolderDataModule(**dm.hparams).hparams == dm.hparams
     dm.setup("fit")
     images, masks = next(iter(dm.train_dataloader()))
     assert images.shape == (2, 3, 24, 24) and masks.shape == (2, 24, 24)
-    images, masks = next(iter(dm.val_dataloader()))  # full size, padded by the collate function
-    assert images.shape == (2, 3, 30, 40) and masks.shape == (2, 30, 40)
-    assert masks[1, 20:].eq(255).all() and images[1, :, 20:].eq(0).all()
+    images, masks = next(iter(dm.val_dataloader()))  # full size, each its own (the model pads them)
+    assert [tuple(i.shape) for i in images] == [(3, 30, 40), (3, 20, 40)]
+    assert [tuple(m.shape) for m in masks] == [(30, 40), (20, 40)]
 
     assert SegmentationFolderDataModule(str(root), "voc").num_classes == 21
     for bad in ([], ["a", "a"], "coco", ["a", 3]):
@@ -545,10 +538,14 @@ def test_synthetic_data_module(tmp_path, monkeypatch):
     assert len(dm.train_dataset) == 4 and len(dm.val_dataset) == 2
     images, masks = next(iter(dm.train_dataloader()))
     assert images.shape == (2, 3, 32, 32) and masks.shape == (2, 32, 32) and masks.dtype == torch.int64
-    assert torch.equal(images[:, 0], images[:, 1])  # grayscale
+    assert 0 <= images.min() and images.max() <= 1  # the model normalises (and turns grey)
     images, masks = next(iter(dm.val_dataloader()))
-    assert images.shape == (2, 3, 48, 48) and masks.shape == (2, 48, 48)
-    assert set(masks.unique().tolist()) <= {*range(9), 255}
+    assert [tuple(i.shape) for i in images] == [(3, 48, 48)] * 2
+    assert set(torch.cat([m.flatten() for m in masks]).unique().tolist()) <= {*range(9), 255}
     explicit = SyntheticSegmentationDataModule(str(tmp_path / "here"), num_train=4, num_val=2, synthetic_image_size=48)
+    assert explicit.hparams["root"] == str(tmp_path / "here")
+    for module in (dm, explicit):  # the recorded arguments rebuild the module
+        rebuilt = type(module)(**module.hparams)
+        assert rebuilt.hparams == module.hparams and rebuilt.root == module.root
     explicit.prepare_data()
     assert os.path.isfile(tmp_path / "here" / "VOC2012/ImageSets/Segmentation/train.txt")

@@ -12,6 +12,7 @@ from PIL import Image
 
 from vision_tasks.data import DataError, SHAPES, default_data_dir, generate_classification, synthetic_root
 from vision_tasks.data import synthetic
+from vision_tasks.data.synthetic import classification as synthetic_classification
 
 TINY = dict(num_train_per_class=3, num_val_per_class=2, image_size=32)
 
@@ -89,7 +90,7 @@ def test_second_call_reuses_without_rewriting(tmp_path, monkeypatch):
     def must_not_draw(*args, **kwargs):
         raise AssertionError("regenerated an existing dataset")
 
-    monkeypatch.setattr(synthetic, "draw_classification_image", must_not_draw)
+    monkeypatch.setattr(synthetic_classification, "draw_classification_image", must_not_draw)  # what the writer calls
     assert generate_classification(str(tmp_path / "shapes"), **TINY) == root
     assert _mtimes(root) == before
     assert [p.name for p in tmp_path.iterdir()] == ["shapes"]

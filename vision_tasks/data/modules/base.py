@@ -1,16 +1,20 @@
-"""The loader plumbing every data module of this package shares: train/val datasets to DataLoaders."""
+"""What every data module of this package shares: train/val datasets to DataLoaders, generated data.
+
+Hyperparameters: each public data module records its own constructor arguments, as the caller gave
+them, with ``self.save_hyperparameters({...})``; the bases here record nothing. A checkpoint's
+``datamodule_hyper_parameters`` therefore rebuild the module: ``type(dm)(**dm.hparams)``.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
 from pathlib import Path
+from typing import Any, Callable
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .synthetic import _GENERATORS, MANIFEST_NAME, synthetic_root
+from ..synthetic.cache import MANIFEST_NAME, synthetic_root
 
 __all__ = ["GeneratedData", "SplitDataModule"]
 
@@ -20,10 +24,12 @@ class SplitDataModule(pl.LightningDataModule):
 
     Training shuffles and drops the last incomplete batch (when there is more than one batch);
     ``test`` and ``predict`` use the val split. Subclasses set ``collate_fn`` when samples need
-    more than default stacking (detection targets of varying length).
+    more than default stacking (detection targets of varying length), and ``eval_collate_fn`` when
+    the evaluation loaders batch otherwise (segmentation: images of different sizes, as lists).
     """
 
     collate_fn: Callable[[list[Any]], Any] | None = None
+    eval_collate_fn: Callable[[list[Any]], Any] | None = None  # None: collate_fn
 
     def __init__(self, *, batch_size: int, num_workers: int) -> None:
         super().__init__()
@@ -36,27 +42,31 @@ class SplitDataModule(pl.LightningDataModule):
         return self._loader(dataset, shuffle=True, drop_last=len(dataset) > self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self._require(self.val_dataset, "validate"))
+        return self._loader(self._require(self.val_dataset, "validate"), evaluation=True)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self._require(self.val_dataset, "test"))
+        return self._loader(self._require(self.val_dataset, "test"), evaluation=True)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self._require(self.val_dataset, "predict"))
+        return self._loader(self._require(self.val_dataset, "predict"), evaluation=True)
 
     def _require(self, dataset: Dataset | None, stage: str) -> Dataset:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}: call setup({stage!r}) before asking for its dataloader")
         return dataset
 
-    def _loader(self, dataset: Dataset, *, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
+    def _loader(self, dataset: Dataset, *, shuffle: bool = False, drop_last: bool = False,
+                evaluation: bool = False) -> DataLoader:
+        collate_fn = type(self).collate_fn
+        if evaluation and type(self).eval_collate_fn is not None:
+            collate_fn = type(self).eval_collate_fn
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
             drop_last=drop_last,
             num_workers=self.num_workers,
-            collate_fn=type(self).collate_fn,
+            collate_fn=collate_fn,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
@@ -66,12 +76,19 @@ class GeneratedData:
     """Mixin of the synthetic data modules: the set is generated once, in ``prepare_data``.
 
     Lightning runs ``prepare_data`` on one process per node; ``setup`` generates too for callers
-    that skip it. A subclass names its generator (``synthetic_task``, a key of the generators in
-    :mod:`vision_tasks.data.synthetic`), fills ``generation_params`` and passes
-    :meth:`_synthetic_root` to its reader's constructor; later runs reuse the cached set.
+    that skip it. A subclass names its generator function (``generate``, e.g.
+    ``staticmethod(generate_classification)``) and its task (``synthetic_task``, the name
+    :func:`~vision_tasks.data.synthetic.cache.synthetic_root` knows it by), fills
+    ``generation_params`` and passes :meth:`_synthetic_root` to its reader's constructor; later runs
+    reuse the cached set.
+
+    The cache folder is this machine's: a subclass records ``root=None`` in its hyperparameters when
+    it uses it (the folder is resolved again wherever they are loaded), and the ``root`` it was given
+    otherwise.
     """
 
     synthetic_task: str = ""
+    generate: Callable[..., Path]
     generation_params: dict[str, Any]
     root: Path
 
@@ -81,7 +98,7 @@ class GeneratedData:
 
     def prepare_data(self) -> None:
         """Generate the dataset unless ``root`` already holds it."""
-        _GENERATORS[self.synthetic_task](self.root, **self.generation_params)
+        self.generate(self.root, **self.generation_params)
 
     def setup(self, stage: str | None = None) -> None:
         if not (Path(self.root) / MANIFEST_NAME).is_file():  # callers that skip prepare_data()

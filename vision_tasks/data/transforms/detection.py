@@ -1,8 +1,4 @@
-"""albumentations pipelines that turn uint8 HWC RGB arrays into normalised float CHW tensors.
-
-The normalisation (``mean``/``std``) belongs to the weights: the plain models take tensors already
-normalised the way they were trained, so the same values must reach training, evaluation, export and
-serving. The defaults are ImageNet's, as used by torchvision's and timm's MobileNetV2 weights.
+"""Detection pipelines: images with their boxes and per-box fields, the SSD augmentations.
 
 Detection pipelines carry boxes with their per-box fields::
 
@@ -11,12 +7,6 @@ Detection pipelines carry boxes with their per-box fields::
 
 Boxes are ``pascal_voc`` (``x0, y0, x1, y1`` in pixels); a box that a crop removes takes its label,
 crowd flag and area with it.
-
-Segmentation pipelines carry a class mask (uint8 ``(H, W)``, 255 = ignore), resampled with nearest
-neighbours so that no new class values appear; padding fills it with 255::
-
-    out = segmentation_train_transform(513)(image=rgb, mask=mask)
-    out["image"], out["mask"]          # float32 (3, 513, 513), uint8 (513, 513)
 """
 
 from __future__ import annotations
@@ -29,90 +19,17 @@ import numpy as np
 from albumentations.augmentations.crops import functional as fcrops
 from albumentations.augmentations.crops.transforms import BaseCrop
 from albumentations.core.bbox_utils import denormalize_bboxes
-from albumentations.pytorch import ToTensorV2
+
+from .common import MEAN_PIXEL, check_size, to_tensor_tail
 
 __all__ = [
     "BBOX_FIELDS",
     "DETECTION_AUGMENTATIONS",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "RandomIoUCrop",
     "ZoomOut",
-    "classification_eval_transform",
-    "classification_train_transform",
     "detection_eval_transform",
     "detection_train_transform",
-    "segmentation_eval_transform",
-    "segmentation_train_transform",
 ]
-
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-# The standard evaluation crop ratio (ImageNet: resize the shorter side to 256, center-crop 224).
-EVAL_CROP_RATIO = 0.875
-
-
-def classification_train_transform(
-    image_size: int,
-    *,
-    scale: tuple[float, float] = (0.08, 1.0),
-    hflip: float = 0.5,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    normalization: str = "standard",
-    grayscale: bool = False,
-) -> A.Compose:
-    """Inception-style training augmentation: random resized crop to ``image_size``, horizontal flip.
-
-    ``scale`` is the range of the crop's area as a fraction of the image ((0.08, 1.0) is the
-    ImageNet recipe; small models and small images train better with a milder lower bound);
-    ``hflip`` the flip probability. Output: float32 ``(3, image_size, image_size)``.
-    """
-    _check_size(image_size, "image_size")
-    if not 0 < scale[0] <= scale[1] <= 1:
-        raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {tuple(scale)}")
-    if not 0 <= hflip <= 1:
-        raise ValueError(f"hflip is a probability, got {hflip}")
-    return A.Compose(
-        [
-            A.RandomResizedCrop(size=(image_size, image_size), scale=tuple(scale)),
-            A.HorizontalFlip(p=hflip),
-            *_normalize(mean, std, normalization, grayscale),
-        ]
-    )
-
-
-def classification_eval_transform(
-    image_size: int,
-    *,
-    resize_size: int | None = None,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    normalization: str = "standard",
-    grayscale: bool = False,
-) -> A.Compose:
-    """Deterministic evaluation: shorter side to ``resize_size``, center crop ``image_size``.
-
-    ``resize_size`` defaults to ``round(image_size / 0.875)`` (256 for 224); set it equal to
-    ``image_size`` to keep the whole image. Output: float32 ``(3, image_size, image_size)``.
-    """
-    _check_size(image_size, "image_size")
-    resize_size = round(image_size / EVAL_CROP_RATIO) if resize_size is None else resize_size
-    _check_size(resize_size, "resize_size")
-    if resize_size < image_size:
-        raise ValueError(f"resize_size ({resize_size}) must be >= image_size ({image_size}) to center-crop")
-    return A.Compose(
-        [
-            A.SmallestMaxSize(max_size=resize_size),
-            A.CenterCrop(height=image_size, width=image_size),
-            *_normalize(mean, std, normalization, grayscale),
-        ]
-    )
-
-
-# --------------------------------------------------------------------------------------------------
-# Detection
 
 # Per-box fields that travel with the boxes through a detection pipeline (albumentations label_fields).
 BBOX_FIELDS: tuple[str, ...] = ("labels", "iscrowd", "area")
@@ -128,10 +45,6 @@ def detection_train_transform(
     image_size: int,
     *,
     augmentation: str = "ssd",
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    normalization: str = "standard",
-    grayscale: bool = False,
 ) -> A.Compose:
     """SSD training augmentation ending in an ``image_size x image_size`` resize (see :data:`DETECTION_AUGMENTATIONS`).
 
@@ -140,7 +53,8 @@ def detection_train_transform(
     1. photometric distortion: brightness x[0.875, 1.125], contrast x[0.5, 1.5], saturation
        x[0.5, 1.5], hue +-0.05 (18 degrees), each with probability 0.5, in random order;
     2. :class:`ZoomOut`: with probability 0.5, the image on a canvas 1-4 times its size filled with
-       ``mean`` (small objects for the model to see);
+       the mean pixel (:data:`~vision_tasks.data.transforms.common.MEAN_PIXEL`; small objects for the
+       model to see);
     3. :class:`RandomIoUCrop`: the whole image, or a patch (0.3-1 of each side, aspect 1/2-2) whose
        IoU with some box is at least 0.1, 0.3, 0.5, 0.7 or 0.9, or any patch; boxes whose centre
        falls outside the patch are dropped;
@@ -148,40 +62,33 @@ def detection_train_transform(
        SSD's fixed-shape resizer).
 
     ``"ssdlite"`` is 3, 4, 5; ``"flip"`` 4, 5 (for data whose objects already vary in size and
-    place, such as the synthetic set); ``"none"`` only 5. Then the normalisation tail of the classification
-    pipelines (``mean``, ``std``, ``normalization``, ``grayscale``; see
-    :func:`classification_train_transform`). Call it with ``image``, ``bboxes`` (pascal_voc) and the
-    :data:`BBOX_FIELDS`; output image float32 ``(3, image_size, image_size)``.
+    place, such as the synthetic set); ``"none"`` only 5. Call it with ``image``, ``bboxes``
+    (pascal_voc) and the :data:`BBOX_FIELDS`; output image float32 ``(3, image_size, image_size)`` in
+    [0, 1] (the models normalise it themselves).
     """
-    _check_size(image_size, "image_size")
+    check_size(image_size, "image_size")
     if augmentation not in DETECTION_AUGMENTATIONS:
         raise ValueError(f"augmentation must be one of {DETECTION_AUGMENTATIONS}, got {augmentation!r}")
     steps: list[A.BasicTransform | A.BaseCompose] = []
     if augmentation == "ssd":
-        steps += [_photometric_distort(), ZoomOut(side_range=(1.0, 4.0), fill=tuple(255.0 * m for m in mean), p=0.5)]
+        steps += [_photometric_distort(), ZoomOut(side_range=(1.0, 4.0), fill=tuple(255.0 * m for m in MEAN_PIXEL), p=0.5)]
     if augmentation in ("ssd", "ssdlite"):
         steps.append(RandomIoUCrop())
     if augmentation != "none":
         steps.append(A.HorizontalFlip(p=0.5))
     resize = A.Resize(image_size, image_size)
-    return _detection_compose([*steps, resize, *_normalize(mean, std, normalization, grayscale)])
+    return _detection_compose([*steps, resize, *to_tensor_tail()])
 
 
-def detection_eval_transform(
-    image_size: int,
-    *,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    normalization: str = "standard",
-    grayscale: bool = False,
-) -> A.Compose:
-    """Deterministic evaluation: resize to ``image_size x image_size`` (as training ends), normalise.
+def detection_eval_transform(image_size: int) -> A.Compose:
+    """Deterministic evaluation: resize to ``image_size x image_size`` (as training ends).
 
-    Boxes are scaled with the image; map predictions back to the original image with the target's
-    ``orig_size``. Output image float32 ``(3, image_size, image_size)``.
+    Boxes are scaled with the image; the model maps its predictions back to the original image
+    (``model(images, original_sizes=...)``). Output image float32 ``(3, image_size, image_size)`` in [0, 1].
     """
-    _check_size(image_size, "image_size")
-    return _detection_compose([A.Resize(image_size, image_size), *_normalize(mean, std, normalization, grayscale)])
+    check_size(image_size, "image_size")
+    resize = A.Resize(image_size, image_size)
+    return _detection_compose([resize, *to_tensor_tail()])
 
 
 def _detection_compose(steps: list) -> A.Compose:
@@ -298,7 +205,7 @@ class ZoomOut(A.Pad):
     """SSD's "expand" (torchvision's ``RandomZoomOut``): the image at a random place of a larger canvas.
 
     The canvas is ``r`` times the image in each side, ``r`` uniform in ``side_range``, filled with
-    ``fill`` (SSD: the dataset mean, so that after normalisation the border is near zero); followed
+    ``fill`` (SSD: the mean pixel, so that after normalisation the border is near zero); followed
     by a fixed-size resize it shows the model smaller objects. albumentations 2.0.8 has no random
     zoom-out (``Affine``'s scale keeps the canvas size and translates independently of the scale,
     ``CropAndPad`` pads each side independently and changes the aspect ratio), so this subclasses
@@ -340,124 +247,3 @@ def _iou_with(boxes: np.ndarray, crop: tuple[int, int, int, int]) -> np.ndarray:
     inter = inter_w * inter_h
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     return inter / (areas + (x1 - x0) * (y1 - y0) - inter)
-
-
-def _normalize(mean: Sequence[float], std: Sequence[float], normalization: str, grayscale: bool) -> list:
-    """The shared tail of both pipelines: optional grey conversion, normalisation, tensor.
-
-    ``normalization`` is albumentations' ``Normalize`` mode: ``"standard"`` uses ``mean``/``std``
-    (those of the weights), ``"image"`` / ``"image_per_channel"`` standardise every image by its own
-    statistics. ``grayscale`` keeps 3 channels (the model is unchanged); for data whose colours
-    carry no class information, such as the synthetic shapes.
-    """
-    modes = ("standard", "image", "image_per_channel", "min_max", "min_max_per_channel")
-    if normalization not in modes:
-        raise ValueError(f"normalization must be one of {modes}, got {normalization!r}")
-    gray = [A.ToGray(num_output_channels=3, p=1.0)] if grayscale else []
-    return [*gray, A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0, normalization=normalization),
-            ToTensorV2()]
-
-
-def _check_size(value: int, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-# --------------------------------------------------------------------------------------------------
-# Segmentation
-
-# The mask value that padding writes and the losses and metrics skip (Pascal VOC's "void").
-IGNORE_INDEX = 255  # mask value of pixels no loss or metric counts (VOC's "void" border, padding)
-
-
-def segmentation_train_transform(
-    crop_size: int,
-    *,
-    scale_range: Sequence[float] = (0.5, 2.0),
-    hflip: float = 0.5,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    normalization: str = "standard",
-    grayscale: bool = False,
-) -> A.Compose:
-    """DeepLab's training augmentation: random scale, pad, random ``crop_size`` square crop, flip.
-
-    As TF DeepLab (``input_preprocess.preprocess_image_and_label``) and the PyTorch DeepLab ports:
-
-    1. the image and mask scaled by a factor uniform in ``scale_range`` (bilinear for the image,
-       nearest for the mask);
-    2. padded bottom/right to at least ``crop_size`` in each side, the image with the mean pixel,
-       the mask with 255 (ignored by the loss);
-    3. a random ``crop_size x crop_size`` crop; 4. horizontal flip with probability ``hflip``.
-
-    The image is normalised first (grey conversion, ``mean``/``std`` or per-image statistics; see
-    :func:`classification_train_transform`), so the geometric steps run on normalised values and
-    pad with 0: exactly the mean pixel under ``"standard"`` normalisation (uint8 padding would round
-    it), and under ``"image"`` normalisation the statistics are those of the whole image, as at
-    evaluation, not of a crop that is mostly padding. Call it with ``image`` (uint8 HWC RGB) and
-    ``mask`` (uint8 ``(H, W)``); output image float32 ``(3, crop_size, crop_size)``, mask uint8
-    ``(crop_size, crop_size)`` with values from the input mask and 255.
-    """
-    _check_size(crop_size, "crop_size")
-    low, high = _check_scale_range(scale_range)
-    if not 0 <= hflip <= 1:
-        raise ValueError(f"hflip is a probability, got {hflip}")
-    *normalize, to_tensor = _normalize(mean, std, normalization, grayscale)
-    steps = [
-        *normalize,
-        A.RandomScale(
-            scale_limit=(low - 1.0, high - 1.0), interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
-            p=1.0,
-        ),
-        A.PadIfNeeded(
-            min_height=crop_size, min_width=crop_size, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=0,
-            fill_mask=IGNORE_INDEX,
-        ),
-        A.RandomCrop(height=crop_size, width=crop_size),
-    ]
-    if hflip > 0:
-        steps.append(A.HorizontalFlip(p=hflip))
-    return A.Compose([*steps, to_tensor])
-
-
-def segmentation_eval_transform(
-    *,
-    pad_size: int | None = None,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    normalization: str = "standard",
-    grayscale: bool = False,
-) -> A.Compose:
-    """Evaluation: the whole image at its own size, normalised; optionally padded to ``pad_size``.
-
-    Segmentation is scored on every pixel of the original image, so nothing is resized or cropped.
-    With ``pad_size`` the normalised image is padded bottom/right with 0 (the mean pixel under
-    ``"standard"`` normalisation) and the mask with 255 to at least ``pad_size`` in each side, as
-    TF DeepLab evaluates Pascal VOC at 513 x 513: batches of one shape, and the padding is ignored
-    by the metrics (crop predictions to the image before showing them). Images larger than
-    ``pad_size`` keep their size. Without ``pad_size``, batches of different sizes are padded by
-    :func:`~vision_tasks.data.segmentation.segmentation_collate` the same way. The pipeline also
-    takes an image alone (prediction). Output image float32 ``(3, H', W')``, mask uint8 ``(H', W')``.
-    """
-    if pad_size is not None:
-        _check_size(pad_size, "pad_size")
-    *normalize, to_tensor = _normalize(mean, std, normalization, grayscale)
-    pad = []
-    if pad_size is not None:
-        pad.append(
-            A.PadIfNeeded(
-                min_height=pad_size, min_width=pad_size, position="top_left", border_mode=cv2.BORDER_CONSTANT,
-                fill=0, fill_mask=IGNORE_INDEX,
-            )
-        )
-    return A.Compose([*normalize, *pad, to_tensor])
-
-
-def _check_scale_range(scale_range: Sequence[float]) -> tuple[float, float]:
-    try:
-        low, high = (float(v) for v in scale_range)
-    except (TypeError, ValueError):
-        raise ValueError(f"scale_range must be (min, max) with 0 < min <= max, got {scale_range!r}") from None
-    if not 0 < low <= high:
-        raise ValueError(f"scale_range must be (min, max) with 0 < min <= max, got {tuple(scale_range)}")
-    return low, high

@@ -1,0 +1,221 @@
+"""What every reader of this package shares: image files, listings, threaded file checks, the data folder.
+
+- :data:`IMAGE_EXTENSIONS`, :func:`list_images` (a folder, recursively) and :func:`files_by_stem`
+  (one folder, by file stem): which files are images.
+- :func:`load_rgb` (pixels) and :func:`read_header` / :func:`image_size` (the header only, no pixels
+  decoded); :data:`UNREADABLE` is what PIL raises for a file it cannot read.
+- :func:`check_each`: the one threaded checker behind every up-front file check (ImageFolder image
+  headers, image/mask header pairs, mask values); :func:`listing` and :data:`MAX_LISTED`: how a
+  long list of bad files is quoted in an error.
+- :data:`IGNORE_INDEX`: the mask value that no loss or metric counts.
+- :func:`default_data_dir` (``$VISION_TASKS_DATA``): where generated data and caches go;
+  :func:`write_text_atomically` writes there without readers ever seeing half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence, TypeVar
+
+import numpy as np
+from PIL import Image
+
+from .errors import DataError
+
+__all__ = [
+    "DATA_DIR_ENV",
+    "IGNORE_INDEX",
+    "IMAGE_EXTENSIONS",
+    "MAX_LISTED",
+    "Transform",
+    "UNREADABLE",
+    "check_each",
+    "default_data_dir",
+    "files_by_stem",
+    "image_size",
+    "list_images",
+    "listing",
+    "load_rgb",
+    "read_header",
+    "write_text_atomically",
+]
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+# The mask value that padding writes and the losses and metrics skip (Pascal VOC's "void").
+IGNORE_INDEX = 255  # mask value of pixels no loss or metric counts (VOC's "void" border, padding)
+
+MAX_LISTED = 5  # file names quoted in an error before "... and N more"
+
+# What PIL raises for a file it cannot read (missing, truncated, not an image, a decompression bomb).
+UNREADABLE: tuple[type[Exception], ...] = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+DATA_DIR_ENV = "VISION_TASKS_DATA"
+
+# An albumentations pipeline as the datasets call it: keyword arrays in, a dict of results out.
+Transform = Callable[..., dict[str, Any]]
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------------------------------
+# Images
+
+
+def load_rgb(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an image file as uint8 ``(H, W, 3)`` RGB; grayscale, palette, 16-bit and alpha images are converted.
+
+    The alpha channel is dropped (as torchvision's ImageFolder loader does). Raises
+    :class:`DataError` naming the file if it cannot be decoded.
+    """
+    try:
+        with Image.open(path) as img:
+            return np.array(_to_rgb(img))  # a writable copy: transforms may work in place
+    except UNREADABLE as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from exc
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # PIL warns when such a palette image goes straight to RGB
+    elif img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit / float grayscale: scale, don't clip
+        values = np.asarray(img, dtype=np.float32)
+        peak = 65535.0 if values.max(initial=0) > 255 else 255.0
+        img = Image.fromarray(np.clip(values * (255.0 / peak), 0, 255).astype(np.uint8))
+    return img.convert("RGB")
+
+
+def read_header(path: str | os.PathLike[str]) -> tuple[int, int, str]:
+    """``(width, height, mode)`` from the image header (no pixels decoded); raises one of :data:`UNREADABLE`."""
+    with Image.open(path) as img:
+        return img.width, img.height, img.mode
+
+
+def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(height, width) from the image header."""
+    try:
+        width, height, _ = read_header(path)
+    except UNREADABLE as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from exc
+    return height, width
+
+
+# --------------------------------------------------------------------------------------------------
+# Listing files
+
+
+def list_images(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Image files under ``folder`` (recursively, following links, sorted) and the other files."""
+    images: list[Path] = []
+    others: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            (images if name.lower().endswith(IMAGE_EXTENSIONS) else others).append(Path(dirpath) / name)
+    return sorted(images), others
+
+
+def files_by_stem(
+    folder: Path, extensions: Sequence[str], *, prefer: str | None = None, ambiguous: str = "prefer"
+) -> dict[str, str]:
+    """``stem -> file name`` of the non-hidden files of ``folder`` ending in ``extensions`` (any case).
+
+    With several files of one stem, ``prefer`` (an extension) wins, else the first in ``extensions``
+    order; ``ambiguous="error"`` raises :class:`DataError` listing them instead.
+    """
+    found: dict[str, list[str]] = {}
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            name = entry.name
+            suffix = os.path.splitext(name)[1].lower()
+            if name.startswith(".") or suffix not in extensions:
+                continue
+            found.setdefault(name[: -len(suffix)], []).append(name)
+    order = [prefer] if prefer else []
+    order += [ext for ext in extensions if ext != prefer]
+    clashes = {stem: names for stem, names in found.items() if len(names) > 1}
+    if clashes and ambiguous == "error":
+        listed = [" / ".join(sorted(names)) for _, names in sorted(clashes.items())]
+        raise DataError(
+            f"{folder}: {len(clashes)} name(s) with several image files, which is ambiguous: {listing(listed)}"
+        )
+    return {
+        stem: min(names, key=lambda n: (order.index(os.path.splitext(n)[1].lower()), n))
+        for stem, names in found.items()
+    }
+
+
+def listing(items: Sequence[str]) -> str:
+    """The first :data:`MAX_LISTED` of ``items``, comma-separated, then ``... and N more``."""
+    more = f" ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+    return ", ".join(items[:MAX_LISTED]) + more
+
+
+# --------------------------------------------------------------------------------------------------
+# Checking many files
+
+
+def check_each(
+    items: Sequence[T],
+    problem: Callable[[T], str | None],
+    headline: str,
+    *,
+    max_listed: int = MAX_LISTED,
+    max_workers: int | None = None,
+) -> None:
+    """Run ``problem`` on every item in threads; raise :class:`DataError` listing the first problems found.
+
+    Threads, because the cost is file-system latency (reading headers) or decoding in PIL, which
+    releases the GIL; at most ``max_workers`` (default ``min(16, 4 x CPUs)``). Items are submitted in
+    chunks, so the number of pending futures stays bounded even for ImageNet. ``problem(item)`` is
+    None for a good item, else one line naming the file and the reason. The error's first line is
+    ``headline`` formatted with ``count`` (bad items) and ``total`` (all items); the first
+    ``max_listed`` problems follow, one per line, in the order of ``items``, then ``... and N more``.
+    """
+    workers = min(16, 4 * (os.cpu_count() or 1)) if max_workers is None else max_workers
+    problems: list[str] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for chunk in _chunks(items, 4096):
+            problems += [p for p in pool.map(problem, chunk) if p is not None]
+    if problems:
+        listed = "\n  ".join(problems[:max_listed])
+        more = f"\n  ... and {len(problems) - max_listed} more" if len(problems) > max_listed else ""
+        raise DataError(f"{headline.format(count=len(problems), total=len(items))}:\n  {listed}{more}")
+
+
+def _chunks(items: Iterable[T], size: int) -> Iterable[list[T]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+# --------------------------------------------------------------------------------------------------
+# Where the data lives
+
+
+def default_data_dir() -> Path:
+    """``$VISION_TASKS_DATA`` if set, else ``~/.cache/vision_tasks``: where generated datasets go."""
+    env = os.environ.get(DATA_DIR_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "vision_tasks"
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, then ``os.replace``.
+
+    Readers (e.g. other processes, one per GPU) see the old file or the whole new one, never half
+    of it; concurrent writers of the same content each publish a complete copy.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

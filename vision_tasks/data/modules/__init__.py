@@ -1,0 +1,5 @@
+"""The LightningDataModules, one module per task: :mod:`.classification`, :mod:`.detection`,
+:mod:`.segmentation`, on the shared loader plumbing of :mod:`.base`.
+
+Importing this package imports none of them; the public names are re-exported by :mod:`vision_tasks.data`.
+"""
