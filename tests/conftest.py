@@ -15,6 +15,11 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The network alone, as the reference implementations run it: the models normalise their input themselves
+# (vision_tasks.models.ImagePreprocessing); mean 0 and std 1 make that the identity, so that their logits can
+# be compared with torchvision's or timm's on the same (already normalised) tensors.
+RAW = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+
 # A synthetic set and model small enough for end-to-end runs in seconds on 2 CPU cores.
 TINY = [
     "data.num_train_per_class=6",

@@ -16,12 +16,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vision_tasks.data import SyntheticDetectionDataModule, detection_collate
-from vision_tasks.models import ssdlite_mobilenet_v2
+from vision_tasks.models import scale_boxes, ssdlite_mobilenet_v2
 from vision_tasks.tasks import DetectionTask
 
 
 class ScriptedDetector(nn.Module):
-    """Returns, batch after batch, the detections it was given (in network-input pixels)."""
+    """Returns, batch after batch, the detections it was given (in network-input pixels), mapped back to the
+    original images as the real model does (:func:`vision_tasks.models.scale_boxes`)."""
 
     def __init__(self, batches: list[list[dict[str, torch.Tensor]]], num_classes: int) -> None:
         super().__init__()
@@ -31,14 +32,15 @@ class ScriptedDetector(nn.Module):
         self.config = {}
 
     def forward_head(self, images):
-        return {"n": images.shape[0]}
+        return {"n": images.shape[0], "image_size": tuple(images.shape[-2:])}
 
     def loss(self, head_out, targets):
         zero = self.weight * 0
         return {"classification": zero, "localization": zero}
 
-    def postprocess(self, head_out, image_size):
-        return self.batches.pop(0)
+    def postprocess(self, head_out, original_sizes):
+        return [{**det, "boxes": scale_boxes(det["boxes"], head_out["image_size"], size)}
+                for det, size in zip(self.batches.pop(0), original_sizes)]
 
 
 def _loader(batches) -> DataLoader:
@@ -52,12 +54,14 @@ def _validate(task: DetectionTask, batches) -> dict[str, float]:
     return trainer.validate(task, dataloaders=_loader(batches), verbose=False)[0]
 
 
-def _target(boxes, labels, orig_size, image_id):
+def _target(boxes, labels, orig_size, image_id, input_size=(100, 100)):
+    """A target as DetectionDataset gives it: boxes of the network input, and the image's own annotation."""
     boxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
-    return {"boxes": boxes, "labels": torch.tensor(labels, dtype=torch.int64),
-            "iscrowd": torch.zeros(len(labels), dtype=torch.int64),
-            "area": (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) * 4,  # original pixels (x2 per side)
-            "image_id": image_id, "orig_size": torch.tensor(orig_size)}
+    original = scale_boxes(boxes, input_size, orig_size)
+    fields = {"labels": torch.tensor(labels, dtype=torch.int64), "iscrowd": torch.zeros(len(labels), dtype=torch.int64),
+              "area": (original[:, 2] - original[:, 0]) * (original[:, 3] - original[:, 1])}
+    return {"boxes": boxes, **fields, "image_id": image_id, "orig_size": torch.tensor(orig_size),
+            "annotations": {"boxes": original, **fields}}
 
 
 def _det(boxes, scores, labels):
@@ -96,7 +100,7 @@ def test_map_on_hand_made_detections(tmp_path):
 def test_crowd_boxes_are_ignored_as_coco_does():
     images = torch.zeros(1, 3, 100, 100)
     target = _target([[10, 10, 50, 50], [60, 60, 95, 95]], [0, 0], (100, 100), 1)
-    target["iscrowd"] = torch.tensor([0, 1])
+    target["iscrowd"] = target["annotations"]["iscrowd"] = torch.tensor([0, 1])
     # a detection on the crowd region is neither a true nor a false positive; the crowd is not a miss
     dets = [_det([[10, 10, 50, 50], [60, 60, 95, 95]], [0.5, 0.9], [0, 0])]
     metrics = _validate(DetectionTask(ScriptedDetector([dets], num_classes=1)), [(images, [target])])

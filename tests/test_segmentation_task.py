@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from vision_tasks.optim import PolyLR
 from vision_tasks.tasks import TASKS, SegmentationTask
-from vision_tasks.tasks.segmentation import MF_SCALES, multi_scale_logits, scale_dimension
+from vision_tasks.models import MF_SCALES, multi_scale_logits, scale_dimension
 
 NO_TRAINER_LOG = "ignore:You are trying to `self.log\\(\\)`"  # training_step called directly, outside a Trainer
 
@@ -127,7 +127,7 @@ def test_validate_logs_the_loss_of_the_evaluation_logits():
     with torch.no_grad():
         merged = multi_scale_logits(model, images, (0.5, 1.0), flip=True)
         assert metrics["val/loss"] == pytest.approx(F.cross_entropy(merged, masks).item(), rel=1e-5)
-        assert torch.equal(task.predict_step((images, masks), 0), merged.argmax(dim=1))
+        assert torch.equal(torch.stack(task.predict_step((images, masks), 0)), merged.argmax(dim=1))
 
 
 # ---------------------------------------------------------------- multi-scale inference
@@ -212,10 +212,10 @@ def test_poly_lr_values_warmup_and_resume():
     assert values[10] == pytest.approx(0.0) and values[12] == pytest.approx(0.0)  # stays at the end
 
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
-    values = lrs(PolyLR(optimizer, total_steps=12, power=1.0, warmup_steps=2, warmup_factor=0.0, min_lr_factor=0.1), 12)
-    assert values[:3] == pytest.approx([0.0, 0.05, 0.1])  # linear warm-up, then the decay over the 10 steps left
-    assert values[7] == pytest.approx(0.1 * (0.1 + 0.9 * 0.5))
-    assert values[12] == pytest.approx(0.01)  # min_lr_factor
+    values = lrs(PolyLR(optimizer, total_steps=12, power=1.0, warmup_steps=2, warmup_factor=0.5), 12)
+    assert values[:3] == pytest.approx([0.05, 0.075, 0.1])  # linear warm-up, then the decay over the 10 steps left
+    assert values[7] == pytest.approx(0.1 * 0.5)
+    assert values[12] == pytest.approx(0.0)
 
     # resume: the position from the state dict
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)

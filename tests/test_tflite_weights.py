@@ -112,11 +112,9 @@ def photo(name: str, size: int) -> np.ndarray:
     return np.asarray(Image.open(WEIGHTS / name).convert("RGB").resize((size, size), Image.BILINEAR))
 
 
-def as_float(q: np.ndarray, info: dict) -> torch.Tensor:
-    """The interpreter's float reading of its uint8 input: (q - zero_point) * scale, in [-1, 1]."""
-    quant = info["input_quantization"]
-    x = (torch.tensor(q, dtype=torch.float32) - quant["zero_point"]) * quant["scale"]
-    return x.permute(2, 0, 1)[None]
+def uint8_batch(q: np.ndarray) -> torch.Tensor:
+    """The photo as the models take it: (1, 3, H, W) uint8 (they normalise it themselves, here to [-1, 1])."""
+    return torch.from_numpy(q).permute(2, 0, 1)[None].contiguous()
 
 
 def interpreter(path: Path):
@@ -154,15 +152,15 @@ def torchvision_keys() -> list[str]:
 
 @needs_tflite
 def test_classifier_matches_interpreter_on_labelled_photos():
-    state, info = read_tflite(CLASSIFIER)
-    model = mobilenet_v2_classifier(**info["model_kwargs"]).eval()
-    load_tflite(model, CLASSIFIER)
+    # the weights' record sets TF's "SAME" padding and [-1, 1] inputs: the model takes the photo as it is
+    model = mobilenet_v2_classifier(weights=CLASSIFIER).eval()
+    assert model.config["padding"] == "tf_same" and model.config["mean"] == model.config["std"] == [0.5] * 3
     run = interpreter(CLASSIFIER)
     got = {}
     for name in LABELLED:
         q = photo(name, 224)
         with torch.no_grad():
-            ours = int(model(as_float(q, info)).argmax()) + 1  # 1000-way -> the file's 1001-way index
+            ours = int(model(uint8_batch(q)).argmax()) + 1  # 1000-way -> the file's 1001-way index
         got[name] = (ours, int(run(q).argmax()))
     assert got == {name: (want, want) for name, want in LABELLED.items()}
 
@@ -173,13 +171,13 @@ def test_deeplab_matches_interpreter():
     assert info["kind"] == "deeplab" and info["num_classes"] == 21 and info["output_stride"] == 16
     assert {k for k in state if k.startswith("head.")} >= {"head.image_pooling.1.weight", "head.aspp0.0.weight",
                                                             "head.projection.0.weight", "head.classifier.bias"}
-    model = deeplabv3_mobilenet_v2(**info["model_kwargs"]).eval()
-    load_tflite(model, DEEPLAB)
+    model = deeplabv3_mobilenet_v2(weights=DEEPLAB).eval()
+    assert model.config["padding"] == "tf_same" and model.config["mean"] == [0.5] * 3
     run = interpreter(DEEPLAB)
     for name in ("bird_segmentation.bmp", "dog_segmentation.bmp"):
         q = photo(name, 513)
         with torch.no_grad():
-            ours = model(as_float(q, info))[0].argmax(0).numpy()
+            ours = model(uint8_batch(q))[0].argmax(0).numpy()
         theirs = run(q)
         assert len(np.unique(theirs)) > 1  # something is segmented, so agreement means something
         assert (ours == theirs).mean() >= 0.98, name

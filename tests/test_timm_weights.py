@@ -14,7 +14,7 @@ from torch import nn
 from backbones import create_backbone, load_weights
 from backbones.weights import timm_to_torchvision_keys
 from vision_tasks.models import mobilenet_v2_classifier
-from conftest import randomize_bn, refuse, snapshot
+from conftest import RAW, randomize_bn, refuse, snapshot
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -105,7 +105,7 @@ def test_translation_gives_torchvision_names_and_shapes():
 @pytest.mark.parametrize("name", list(WIDTHS))
 def test_timm_logits_parity(name, suffix, timm_ref):
     ref = timm_ref(name)
-    model = mobilenet_v2_classifier(width_mult=WIDTHS[name]).eval()
+    model = mobilenet_v2_classifier(width_mult=WIDTHS[name], **RAW).eval()
     untrained = snapshot(model)
     report = load_weights(model, ref["files"][suffix])
     assert not report.missing and not report.unexpected and not report.mismatched and not report.ignored
@@ -168,7 +168,7 @@ def test_timm_head_of_other_size_refused_strict_reported_non_strict(tmp_path):
     ]
     assert torch.equal(model.backbone.features[18][0].weight, tm.conv_head.weight)
     # ... and a model with 10 classes takes it whole, with timm's logits
-    model10 = mobilenet_v2_classifier(num_classes=10, weights=path).eval()
+    model10 = mobilenet_v2_classifier(num_classes=10, weights=path, **RAW).eval()
     with torch.no_grad():
         assert (model10(images(160)) - tm(images(160))).abs().max().item() < 1e-4
 

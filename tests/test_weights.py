@@ -11,7 +11,7 @@ from torch import nn
 import backbones
 from backbones import WeightsError, create_backbone, load_weights
 from vision_tasks.models import mobilenet_v2_classifier
-from conftest import randomize_bn, refuse
+from conftest import RAW, randomize_bn, refuse
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -58,11 +58,11 @@ def test_torchvision_logits_parity(width, tmp_path):
     tv = randomized_torchvision(width)
     path = tmp_path / f"tv_{width}.pth"
     torch.save(tv.state_dict(), path)
-    model = mobilenet_v2_classifier(width_mult=width, weights=path).eval()
+    model = mobilenet_v2_classifier(width_mult=width, weights=path, **RAW).eval()
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         want, got = tv(x), model(x)
-        untrained = mobilenet_v2_classifier(width_mult=width).eval()(x)
+        untrained = mobilenet_v2_classifier(width_mult=width, **RAW).eval()(x)
     assert got.shape == (2, 1000)
     assert want.std() > 0.05  # logits carry signal, so the comparison means something
     assert (got - want).abs().max().item() < 1e-4

@@ -1,12 +1,13 @@
 #!/usr/bin/env python
-"""Convert a weight file into this project's format: DST.safetensors plus DST.json (model and preprocessing).
+"""Convert a weight file into this project's format: DST.safetensors plus DST.json (its weight record).
 
     python tools/convert_weights.py SRC DST.safetensors [--labels LABELS.txt]
 
 SRC: a torchvision mobilenet_v2 or timm mobilenetv2_* state dict, one of the paper authors' TFLite
 releases (pip install "vision-tasks[tflite]"), or a vision_tasks checkpoint / state dict. The JSON
-says which model to rebuild and how its inputs were normalised; tools/test.py and tools/predict.py
-read it when given weights=DST.safetensors, e.g.
+says which model to rebuild (its configuration includes the input normalisation and the padding),
+the class names and the input size; tools/test.py and tools/predict.py read it when given
+weights=DST.safetensors, e.g.
 
     python tools/convert_weights.py ../shared/weights/deeplabv3_mnv2_pascal_quant.tflite deeplab_tf.safetensors
     python tools/test.py task=segmentation data=voc data.root=/data/VOCdevkit weights=deeplab_tf.safetensors
@@ -44,14 +45,15 @@ def main(argv: list[str] | None = None) -> tuple[Path, Path]:
     if args.labels is not None:
         from vision_tasks.convert import describe_source
 
-        num_classes = describe_source(args.src)["model_config"].get("num_classes")
+        num_classes = describe_source(args.src).model_config.get("num_classes")
         labels = read_labels(args.labels, num_classes)
         if num_classes is not None and len(labels) != num_classes:
             parser.error(f"{args.labels} has {len(labels)} names but the model has {num_classes} classes")
     weights, sidecar = convert(args.src, args.dst, class_names=labels)
-    description = json.loads(sidecar.read_text())
-    print(f"wrote {weights} ({description['model_class']} {description['model_config']})")
-    print(f"wrote {sidecar} (preprocessing {description['preprocessing']})")
+    record = json.loads(sidecar.read_text())
+    print(f"wrote {weights} ({record['model_class']} {record['model_config']})")
+    print(f"wrote {sidecar} (preprocessing {record['preprocessing']}, padding {record['padding']}, "
+          f"input {record['input_size']})")
     return weights, sidecar
 
 

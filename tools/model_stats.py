@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from vision_tasks.models import deeplabv3_mobilenet_v2, mobilenet_v2_classifier, ssdlite_mobilenet_v2  # noqa: E402
 from vision_tasks.stats import MADD_OPS, count_params, flops_by_op  # noqa: E402
-from vision_tasks.tasks.segmentation import MF_SCALES, scale_dimension  # noqa: E402
+from vision_tasks.models import MF_SCALES, scale_dimension  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # Reference numbers (PAPER.md section 1.5).

@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """Our float models with the TFLite releases' weights vs the uint8 TFLite interpreter, side by side.
 
-The weights come from ``backbones.tflite.read_tflite`` (dequantized, batch norm folded) into
-``mobilenet_v2_classifier`` / ``deeplabv3_mobilenet_v2`` built with ``padding="tf_same"``.
-Both get the same photo: resized bilinearly (PIL) to the file's input size as uint8 ``q``; the
-interpreter takes ``q``, our model ``(q - zero_point) * scale``, which is exactly the interpreter's
-own float reading of its input ((q - 128) / 128, i.e. [-1, 1]).
+The models are what the releases' weight records describe (``vision_tasks.models.model_from_weights``:
+the weights dequantized and batch norm folded by ``backbones.tflite.read_tflite``, ``padding="tf_same"``,
+inputs normalised inside the model to [-1, 1]). Both get the same photo: resized bilinearly (PIL) to
+the file's input size as uint8 ``q``; the interpreter takes ``q``, our model the [0, 1] image that its
+own normalisation turns into exactly the interpreter's float reading of ``q``, ``(q - zero_point) *
+scale`` (``(q - 128) / 128``; ``q / 255`` would give ``(q - 127.5) / 127.5``).
 
 1. Classifier (``mobilenet_v2_1.0_224_quant.tflite``, whole photo resized to 224x224):
    top-1 on the 8 labelled photos of shared/weights (README table), and on the 128 coco128 val
@@ -16,10 +17,11 @@ own float reading of its input ((q - 128) / 128, i.e. [-1, 1]).
 2. DeepLab (``deeplabv3_mnv2_pascal_quant.tflite``; ``--dm05`` adds the width-0.5 release): on the
    coco128 val photos that have a VOC-21 mask, photo resized to 513x513; pixel argmax agreement at
    513x513 (target >= 0.985; faithful port 0.994), and the mIoU of both against the masks. For the
-   mIoU both 513x513 label maps are resized back to the mask's resolution (nearest neighbour), the
-   confusion matrix is summed over all photos (label 255 ignored), and the IoU is averaged over the
-   classes present in the ground truth (PAPER.md: interpreter 0.508, float port 0.500; ours must be
-   within 0.03 of the interpreter's).
+   mIoU both 513x513 label maps are resized back to the mask's resolution (nearest neighbour) and
+   scored as the segmentation task scores (``SegmentationTask``): a torchmetrics confusion matrix
+   summed over all photos (label 255 ignored), the IoU averaged over the classes present in the
+   ground truth (``segmentation_scores``) (PAPER.md: interpreter 0.508, float port 0.500; ours must
+   be within 0.03 of the interpreter's).
 
 Usage::
 
@@ -37,13 +39,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torchmetrics.classification import MulticlassConfusionMatrix
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from backbones.tflite import load_tflite, read_tflite  # noqa: E402
-from vision_tasks.models import deeplabv3_mobilenet_v2, mobilenet_v2_classifier  # noqa: E402
+from backbones.tflite import read_tflite  # noqa: E402
+from vision_tasks.models import model_from_weights  # noqa: E402
+from vision_tasks.tasks.segmentation import segmentation_scores  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 WEIGHTS = SHARED / "weights"
@@ -61,11 +65,13 @@ def load_photo(path: Path, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB").resize((size[1], size[0]), Image.BILINEAR))
 
 
-def to_float(q: np.ndarray, info: dict) -> torch.Tensor:
-    """The interpreter's own float reading of its uint8 input, ``(q - zero_point) * scale``, as (1, 3, H, W)."""
+def to_float(q: np.ndarray, info: dict, model: torch.nn.Module) -> torch.Tensor:
+    """(1, 3, H, W) input for ``model`` that its normalisation maps onto the interpreter's own float reading of
+    its uint8 input, ``(q - zero_point) * scale``."""
     quant = info["input_quantization"]
     x = (torch.tensor(q, dtype=torch.float32) - quant["zero_point"]) * quant["scale"]
-    return x.permute(2, 0, 1)[None].contiguous()
+    x = x.permute(2, 0, 1)[None].contiguous()
+    return x * model.preprocess.std + model.preprocess.mean
 
 
 class TFLiteRunner:
@@ -93,11 +99,9 @@ class TFLiteRunner:
 
 
 def build(path: Path):
-    state, info = read_tflite(path)
-    factory = mobilenet_v2_classifier if info["kind"] == "classifier" else deeplabv3_mobilenet_v2
-    model = factory(**info["model_kwargs"]).eval()
-    load_tflite(model, path)
-    return model, info
+    _, info = read_tflite(path)
+    model, _ = model_from_weights(path)
+    return model.eval(), info
 
 
 def classifier_parity(limit: int | None) -> None:
@@ -112,7 +116,7 @@ def classifier_parity(limit: int | None) -> None:
     for name, want in LABELLED.items():
         q = load_photo(WEIGHTS / name, size)
         with torch.no_grad():
-            ours = int(model(to_float(q, info)).argmax()) + 1  # back to the 1001-way index
+            ours = int(model(to_float(q, info, model)).argmax()) + 1  # back to the 1001-way index
         theirs = int(runner(q).reshape(-1).argmax())
         ok_readme += ours == want
         ok_interp += ours == theirs
@@ -125,7 +129,7 @@ def classifier_parity(limit: int | None) -> None:
     for photo in tqdm(photos, desc="classifier coco128 val", leave=False, mininterval=5):
         q = load_photo(photo, size)
         with torch.no_grad():
-            ours = int(model(to_float(q, info)).argmax()) + 1
+            ours = int(model(to_float(q, info, model)).argmax()) + 1
         logits = runner(q).reshape(-1).astype(np.int32)[1:]  # drop background: argmax over the 1000 classes
         logits = np.concatenate([[np.iinfo(np.int32).min], logits])
         same += ours == int(logits.argmax())
@@ -133,19 +137,6 @@ def classifier_parity(limit: int | None) -> None:
     n = len(photos)
     print(f"coco128 val ({n} photos): top-1 agreement {same / n:.3f} (target >= {TARGETS['top1_agree']}, "
           f"faithful port 0.938); ours in interpreter top-2 {in_top2 / n:.3f} (target >= {TARGETS['in_top2']})")
-
-
-def confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
-    keep = gt != 255
-    return np.bincount(gt[keep].astype(np.int64) * num_classes + pred[keep], minlength=num_classes ** 2).reshape(
-        num_classes, num_classes)
-
-
-def miou(conf: np.ndarray) -> float:
-    """Mean IoU over the classes present in the ground truth (rows of the confusion matrix)."""
-    present = conf.sum(1) > 0
-    iou = np.diag(conf) / np.maximum(conf.sum(0) + conf.sum(1) - np.diag(conf), 1)
-    return float(iou[present].mean())
 
 
 def deeplab_parity(filename: str, limit: int | None) -> None:
@@ -157,11 +148,12 @@ def deeplab_parity(filename: str, limit: int | None) -> None:
     print(f"\n== DeepLab: {path.name} (width {info['width_mult']}, {size[0]}x{size[1]}, output stride "
           f"{info['output_stride']}, padding {info['padding']})")
     agree, worst = [], (1.0, "")
-    conf_ours, conf_theirs = np.zeros((k, k), np.int64), np.zeros((k, k), np.int64)
+    # the segmentation task's metric (SegmentationTask: ignore_index 255, VOC's "void")
+    conf_ours, conf_theirs = (MulticlassConfusionMatrix(k, ignore_index=255) for _ in range(2))
     for mask_path in tqdm(masks, desc=f"deeplab {path.stem}", leave=False, mininterval=5):
         q = load_photo(COCO_VAL / f"{mask_path.stem}.jpg", size)
         with torch.no_grad():
-            ours = model(to_float(q, info))[0].argmax(0).numpy().astype(np.uint8)
+            ours = model(to_float(q, info, model))[0].argmax(0).numpy().astype(np.uint8)
         theirs = runner(q).astype(np.uint8)
         a = float((ours == theirs).mean())
         agree.append(a)
@@ -169,9 +161,9 @@ def deeplab_parity(filename: str, limit: int | None) -> None:
         gt = np.asarray(Image.open(mask_path))
         for pred, conf in ((ours, conf_ours), (theirs, conf_theirs)):
             resized = np.asarray(Image.fromarray(pred).resize(gt.shape[::-1], Image.NEAREST))
-            conf += confusion(resized, gt, k)
+            conf.update(torch.from_numpy(resized.astype(np.int64)), torch.from_numpy(gt.astype(np.int64)))
     mean_agree = float(np.mean(agree))
-    m_ours, m_theirs = miou(conf_ours), miou(conf_theirs)
+    m_ours, m_theirs = (float(segmentation_scores(conf.compute())["miou"]) for conf in (conf_ours, conf_theirs))
     print(f"{len(masks)} coco128 val photos with VOC-21 masks")
     print(f"pixel argmax agreement at {size[0]}x{size[1]}: {mean_agree:.4f} (worst {worst[0]:.3f}, {worst[1]}); "
           f"target >= {TARGETS['pixel_agree']}, faithful port 0.994")

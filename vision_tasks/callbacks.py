@@ -12,7 +12,17 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.trainer.states import TrainerFn
 
-__all__ = ["RunArtifacts", "plot_curves"]
+__all__ = ["RunArtifacts", "ema", "plot_curves"]
+
+
+def ema(decay: float | None) -> Callback | None:
+    """Lightning's exponential moving average of the weights (``EMAWeightAveraging``) with ``decay``, or
+    ``None`` (no callback) when ``decay`` is ``None`` or 0: the ``ema`` entry of ``configs/callbacks``."""
+    if not decay:
+        return None
+    from pytorch_lightning.callbacks import EMAWeightAveraging
+
+    return EMAWeightAveraging(decay=float(decay))
 
 
 class RunArtifacts(Callback):

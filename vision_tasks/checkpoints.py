@@ -12,7 +12,7 @@ from torch import nn
 import backbones
 
 from .models import build_model
-from .tasks import CHECKPOINT_KEY
+from .models.weights import CHECKPOINT_KEY, describe_checkpoint
 
 __all__ = ["CheckpointError", "read_checkpoint_meta", "model_from_checkpoint"]
 
@@ -27,6 +27,10 @@ def read_checkpoint_meta(path: str | Path, expected_task: str | None = None) -> 
     Raises :class:`CheckpointError` naming the file when it is missing, unreadable, not one of this
     project's checkpoints, or (with ``expected_task``) a checkpoint of another task.
     """
+    return _read(path, expected_task)[CHECKPOINT_KEY]
+
+
+def _read(path: str | Path, expected_task: str | None) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -44,12 +48,17 @@ def read_checkpoint_meta(path: str | Path, expected_task: str | None = None) -> 
         )
     if expected_task is not None and meta.get("task") != expected_task:
         raise CheckpointError(f"{path} is a checkpoint of task {meta.get('task')!r}, but task={expected_task} was asked for")
-    return meta
+    return checkpoint
 
 
 def model_from_checkpoint(path: str | Path, expected_task: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the plain model saved in a checkpoint and load its weights (EMA weights when EMA was on)."""
-    meta = read_checkpoint_meta(path, expected_task)
-    model = build_model(meta["model_class"], meta["model_config"])
+    """Rebuild the plain model saved in a checkpoint and load its weights (EMA weights when EMA was on).
+
+    Returns the model and the checkpoint's ``vision_tasks`` entry. Checkpoints written before the models
+    owned their normalisation get it from their data module's saved hyperparameters
+    (:func:`vision_tasks.models.weights.describe_checkpoint`)."""
+    checkpoint = _read(path, expected_task)
+    info = describe_checkpoint(checkpoint, path)
+    model = build_model(info.model_class, info.model_config)
     backbones.load_weights(model, path)
-    return model, meta
+    return model, {**checkpoint[CHECKPOINT_KEY], "model_config": info.model_config}

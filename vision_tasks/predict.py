@@ -18,19 +18,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw
 from torch import nn
 from torchvision.utils import draw_bounding_boxes
 from tqdm import tqdm
 
-import backbones
-
 from .checkpoints import model_from_checkpoint
-from .convert import apply_sidecar, model_from_sidecar, weights_description
-from .data import IMAGE_EXTENSIONS, load_rgb
-from .data.segmentation import voc_colormap
-from .tasks.segmentation import MF_SCALES, multi_scale_logits
+from .data import IMAGE_EXTENSIONS, load_rgb, voc_colormap
+from .models import MF_SCALES, describe_weights, model_from_weights
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +57,13 @@ def _prepare_output(output: str | Path, inputs: list[Path]) -> Path:
 
 
 def _apply(transform: Callable[..., dict[str, Any]], image: np.ndarray) -> torch.Tensor:
-    """Run an evaluation pipeline on an image alone (bbox-aware albumentations pipelines get no boxes)."""
+    """Run an evaluation pipeline (resize / crop, then [0, 1]) on an image alone (bbox-aware pipelines get no boxes)."""
     extra: dict[str, Any] = {}
     processor = getattr(transform, "processors", {}).get("bboxes")
     if processor is not None:
         extra["bboxes"] = np.zeros((0, 4), dtype=np.float32)
         extra.update({name: [] for name in processor.params.label_fields or ()})
-    return transform(image=image, **extra)["image"].float()  # some normalisations give float64
+    return transform(image=image, **extra)["image"]
 
 
 def draw_detections(
@@ -109,9 +105,8 @@ def _classification(model: nn.Module, batch: torch.Tensor, images: list[np.ndarr
 
 
 def _detection(model: nn.Module, batch: torch.Tensor, images: list[np.ndarray], names: list[str], score_thresh: float):
-    for image, det in zip(images, model(batch)):
-        scale = det["boxes"].new_tensor([image.shape[1] / batch.shape[-1], image.shape[0] / batch.shape[-2]] * 2)
-        det = {**det, "boxes": det["boxes"] * scale}
+    detections = model(batch, original_sizes=[image.shape[:2] for image in images])  # in the photos' own pixels
+    for image, det in zip(images, detections):
         record = {"boxes": [[round(v, 2) for v in b] for b in det["boxes"].tolist()],
                   "scores": [round(v, 5) for v in det["scores"].tolist()], "labels": det["labels"].tolist(),
                   "class_names": [names[i] for i in det["labels"].tolist()]}
@@ -132,42 +127,49 @@ def mask_image(mask: np.ndarray, colormap: np.ndarray) -> Image.Image:
     return img
 
 
-def _segmentation(model: nn.Module, batch: torch.Tensor, images: list[np.ndarray], names: list[str], scales, flip):
-    logits = multi_scale_logits(model, batch, scales, flip)  # one scale without flip: the plain forward
+def _segmentation(model: nn.Module, batch: torch.Tensor, images: list[np.ndarray], names: list[str], settings):
+    logits = model.segment(batch, **settings)  # padded, multi-scale / flipped if asked, cropped back to each image
     colormap = voc_colormap(256)
-    for image, classes in zip(images, logits.argmax(dim=1)):
-        mask = classes[: image.shape[0], : image.shape[1]].numpy()  # drop the evaluation padding (bottom/right)
+    for image, image_logits in zip(images, logits):
+        mask = image_logits.argmax(dim=0).numpy()
         counts = np.bincount(mask.ravel(), minlength=len(names))
         present = {names[i]: round(float(counts[i]) / mask.size, 5) for i in np.flatnonzero(counts)}
         yield {"class_fractions": present}, (overlay_mask(image, mask, colormap), mask_image(mask, colormap))
 
 
+def _model(cfg: DictConfig, task_name: str) -> tuple[nn.Module, list[str] | None]:
+    """The model to predict with, and its class names: from the checkpoint, from the weights' record, or
+    ``cfg.model`` with ``weights=`` loaded into it (a plain state dict)."""
+    if cfg.ckpt_path:
+        model, meta = model_from_checkpoint(cfg.ckpt_path, expected_task=task_name)
+        return model, meta.get("class_names")
+    info = describe_weights(cfg.weights)
+    if info.model_class is not None:  # a converted file, a TFLite release, a checkpoint given as weights=
+        return model_from_weights(cfg.weights, info)[0], info.class_names
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    if "num_classes" in model_cfg and model_cfg["num_classes"] is None:
+        if not info.class_names:
+            raise ValueError(f"weights={cfg.weights} does not say how many classes it predicts; set model.num_classes")
+        model_cfg["num_classes"] = len(info.class_names)
+    return instantiate(model_cfg, weights=cfg.weights), info.class_names
+
+
 def predict(cfg: DictConfig) -> Path:
     """Predict ``cfg.input`` with ``cfg.ckpt_path`` (or ``cfg.weights``) and write into ``cfg.output``; returns it.
 
-    The evaluation transform (size, normalisation) is that of the configured data module, so use
-    the same ``data=`` settings as for training.
+    The model normalises the images itself; the configured data module gives the evaluation resize
+    (classification: shorter side and center crop; detection: the square input; segmentation: none,
+    the whole image), so use the same ``data=`` settings as for training.
     """
     if not cfg.input or not cfg.output:
         raise ValueError("tools/predict.py needs input=IMAGE_OR_FOLDER and output=NEW_FOLDER")
     if bool(cfg.ckpt_path) == bool(cfg.weights):
-        raise ValueError("tools/predict.py needs exactly one of ckpt_path=CHECKPOINT or weights=STATE_DICT_FILE")
+        raise ValueError("tools/predict.py needs exactly one of ckpt_path=CHECKPOINT or weights=WEIGHT_FILE")
     task_name = get_class(cfg.task._target_).name
     paths = list_images(cfg.input)
     out = _prepare_output(cfg.output, paths)
-    sidecar = weights_description(cfg.weights) if cfg.weights else None
-    if sidecar is not None:  # converted or TFLite weights: their model and preprocessing (tools/convert_weights.py)
-        apply_sidecar(cfg, sidecar)
     datamodule = instantiate(cfg.data, _convert_="all")  # for its evaluation transform only: no data is read
-    if cfg.ckpt_path:
-        model, meta = model_from_checkpoint(cfg.ckpt_path, expected_task=task_name)
-        names = meta.get("class_names")
-    elif sidecar is not None:
-        model, names = model_from_sidecar(cfg.weights, sidecar), sidecar.get("class_names")
-    else:
-        model = instantiate(cfg.model, _convert_="all")
-        backbones.load_weights(model, cfg.weights)
-        names = None
+    model, names = _model(cfg, task_name)
     names = list(names) if names else [f"class {i}" for i in range(model.num_classes)]
     model.eval()
     run = {"classification": _classification, "detection": _detection, "segmentation": _segmentation}.get(task_name)
@@ -177,7 +179,9 @@ def predict(cfg: DictConfig) -> Path:
     if task_name == "detection":
         extra = (cfg.draw_threshold,)
     elif task_name == "segmentation":
-        extra = (MF_SCALES, True) if cfg.get("mf") else ((1.0,), False)
+        mf = bool(cfg.get("mf"))
+        extra = ({"pad_to": cfg.task.get("eval_pad_size"), "scales": MF_SCALES if mf else tuple(cfg.task.eval_scales),
+                  "flip": mf or bool(cfg.task.eval_flip), "average": cfg.task.eval_average},)
     records = []
     with torch.inference_mode():
         for path in tqdm(paths, desc="predict", unit="image"):

@@ -18,7 +18,7 @@ from ..optim import param_groups
 OptimizerFactory = Callable[[Iterable], Optimizer]
 SchedulerFactory = Callable[[Optimizer], LRScheduler]
 
-CHECKPOINT_KEY = "vision_tasks"  # checkpoint entry with the task name, model class/config and class names
+from ..models.weights import CHECKPOINT_KEY  # checkpoint entry: task name, model class/config, class names
 
 
 class VisionTask(pl.LightningModule):
@@ -26,13 +26,16 @@ class VisionTask(pl.LightningModule):
 
     The model, the optimizer and the scheduler are injected (``optimizer`` and ``scheduler`` are
     callables: Hydra ``_partial_: true`` objects or LightningCLI ``class_path`` entries), so the same
-    recipe is reachable from both front ends. With ``scheduler_interval="step"`` the scheduler is
-    stepped every batch and built as ``scheduler(optimizer, steps_per_epoch=N)``
-    (:class:`~vision_tasks.optim.WarmupCosineLR` accepts it) or, for a schedule that takes
-    ``total_steps`` instead (:class:`~vision_tasks.optim.PolyLR`), as
-    ``scheduler(optimizer, total_steps=trainer.estimated_stepping_batches)``. Subclasses set ``name``
-    (the task name used by the configs) and ``monitor`` (the metric that selects the best
-    checkpoint, maximised).
+    recipe is reachable from both front ends. A scheduler that takes ``total_steps`` and / or
+    ``steps_per_epoch`` (:class:`~vision_tasks.optim.WarmupCosineLR`, :class:`~vision_tasks.optim.PolyLR`,
+    torch's ``OneCycleLR`` ...) is built with the run's length, so that no config carries it:
+    ``total_steps`` = the scheduler steps of the whole run (``trainer.estimated_stepping_batches`` with
+    ``scheduler_interval="step"``, where the scheduler is stepped every batch; the number of epochs with
+    ``"epoch"``) and ``steps_per_epoch`` (the optimizer steps per epoch, 1 when stepped per epoch).
+    Other schedulers (StepLR, ExponentialLR ...) are built from the optimizer alone and count steps
+    themselves. Subclasses set ``name`` (the task name used by the configs) and ``monitor`` (the
+    default metric that selects the best checkpoint, maximised); the ``monitor`` argument chooses
+    another one (e.g. ``val/map_50``).
 
     Checkpoints carry ``checkpoint["vision_tasks"]`` = task name, model class, model config and
     class names, so ``tools/test.py`` rebuilds the model from the checkpoint alone and refuses a
@@ -49,8 +52,13 @@ class VisionTask(pl.LightningModule):
         scheduler: SchedulerFactory | None = None,
         scheduler_interval: str = "epoch",
         norm_weight_decay: float | None = None,
+        monitor: str | None = None,
     ) -> None:
         super().__init__()
+        if monitor is not None:
+            if not isinstance(monitor, str) or not monitor.startswith("val/"):
+                raise ValueError(f"monitor must name a validation metric such as {type(self).monitor!r}, got {monitor!r}")
+            self.monitor = monitor
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
         self.model = model
@@ -76,22 +84,38 @@ class VisionTask(pl.LightningModule):
         optimizer = self.optimizer_factory(param_groups(self.model, self.norm_weight_decay))
         if self.scheduler_factory is None:
             return optimizer
-        if self.scheduler_interval == "step" and _accepts(self.scheduler_factory, "steps_per_epoch"):
-            # per-batch schedules given in epochs are built knowing the epoch length (see WarmupCosineLR);
-            # others (StepLR, ExponentialLR ...) count batches themselves
-            epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-            steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // epochs)
-            scheduler = self.scheduler_factory(optimizer, steps_per_epoch=int(steps_per_epoch))
-        elif self.scheduler_interval == "step" and _accepts(self.scheduler_factory, "total_steps"):
-            # per-batch schedules given in steps (PolyLR) span the whole run: max_steps or max_epochs
-            total_steps = self.trainer.estimated_stepping_batches
-            if not math.isfinite(total_steps):
-                raise ValueError("a scheduler built with total_steps needs a finite run: set trainer.max_steps or "
-                                 "trainer.max_epochs")
-            scheduler = self.scheduler_factory(optimizer, total_steps=int(total_steps))
-        else:
-            scheduler = self.scheduler_factory(optimizer)
+        wanted = [name for name in ("total_steps", "steps_per_epoch") if _accepts(self.scheduler_factory, name)]
+        scheduler = self.scheduler_factory(optimizer, **self._run_length(wanted))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+
+    def _run_length(self, wanted: list[str]) -> dict[str, int]:
+        """The ``wanted`` of ``total_steps`` (scheduler steps of the whole run) and ``steps_per_epoch``
+        (optimizer steps per epoch; 1 when the scheduler is stepped per epoch)."""
+        if not wanted:
+            return {}
+        trainer = self.trainer
+        stepping = trainer.estimated_stepping_batches  # optimizer steps of the run; loads the train dataloader
+        if not math.isfinite(stepping) or stepping < 1:
+            raise ValueError("a scheduler built with the run's length (total_steps / steps_per_epoch) needs a finite "
+                             "run: set trainer.max_epochs or trainer.max_steps")
+        if self.scheduler_interval == "step" and "steps_per_epoch" not in wanted:
+            return {"total_steps": int(stepping)}
+        if trainer.train_dataloader is None:  # max_epochs=-1: estimated_stepping_batches did not load it
+            trainer.fit_loop.setup_data()
+        batches = trainer.num_training_batches
+        per_epoch = math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) and batches else None
+        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        if self.scheduler_interval == "step":
+            if per_epoch is None:  # an iterable dataset without a length
+                per_epoch = max(1, int(stepping) // (epochs or 1))
+            length = {"total_steps": int(stepping), "steps_per_epoch": per_epoch}
+        else:  # stepped after every epoch: the epochs run (the last one partly when max_steps ends it)
+            if per_epoch is not None:
+                epochs = math.ceil(stepping / per_epoch)
+            if epochs is None:
+                raise ValueError("a scheduler stepped per epoch and built with the run's length needs trainer.max_epochs")
+            length = {"total_steps": int(epochs), "steps_per_epoch": 1}
+        return {name: length[name] for name in wanted}
 
     def export_results(self, run_dir) -> Any:
         """Write the results kept during the last evaluation (``keep_results``) into ``run_dir``; none by default."""

@@ -20,7 +20,7 @@ class ClassificationTask(VisionTask):
     Args:
         model: a classifier, e.g. :func:`vision_tasks.models.mobilenet_v2_classifier`; it must have
             a ``num_classes`` attribute.
-        optimizer, scheduler, scheduler_interval, norm_weight_decay: see :class:`VisionTask`.
+        optimizer, scheduler, scheduler_interval, norm_weight_decay, monitor: see :class:`VisionTask`.
         label_smoothing: cross-entropy label smoothing (TF-Slim's MobileNetV2 recipe: 0.1).
 
     Example::
@@ -41,8 +41,9 @@ class ClassificationTask(VisionTask):
         scheduler_interval: str = "epoch",
         norm_weight_decay: float | None = None,
         label_smoothing: float = 0.0,
+        monitor: str | None = None,
     ) -> None:
-        super().__init__(model, optimizer, scheduler, scheduler_interval, norm_weight_decay)
+        super().__init__(model, optimizer, scheduler, scheduler_interval, norm_weight_decay, monitor)
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
         num_classes = getattr(model, "num_classes", None)
         if not isinstance(num_classes, int):

@@ -22,13 +22,15 @@ class DetectionTask(VisionTask):
     """Trains and evaluates an SSD-style detector such as :func:`vision_tasks.models.ssdlite_mobilenet_v2`.
 
     The model provides ``forward_head(images)``, ``loss(head_out, targets)`` and
-    ``postprocess(head_out, image_size)`` (see :class:`~vision_tasks.models.SSDLiteMobileNetV2`);
-    batches are ``(images, targets)`` as :func:`vision_tasks.data.detection_collate` makes them.
+    ``postprocess(head_out, original_sizes)`` (see :class:`~vision_tasks.models.SSDLiteMobileNetV2`:
+    images in [0, 1], detections mapped back to the images on disk by the model itself); batches are
+    ``(images, targets)`` as :func:`vision_tasks.data.detection_collate` makes them, each target with
+    the boxes of the network input (for the loss), the image's ``orig_size`` and its own
+    ``annotations`` in the pixels of the image on disk (for the metric).
 
     Evaluation follows the COCO protocol through torchmetrics' ``MeanAveragePrecision``
-    (pycocotools backend): detections and ground truth are scaled back to each image's original
-    size, crowd (and VOC "difficult") boxes are ignored as COCO does, and the annotation ``area``
-    decides small / medium / large. Logs ``val/map``, ``val/map_50``, ``val/map_75``,
+    (pycocotools backend) on each image's original pixels: crowd (and VOC "difficult") boxes are
+    ignored as COCO does, and the annotation ``area`` decides small / medium / large. Logs ``val/map``, ``val/map_50``, ``val/map_75``,
     ``val/map_{small,medium,large}``, ``val/mar_{1,10,100}``, ``val/loss`` and the training losses.
 
     With ``keep_results = True`` (set by ``tools/test.py``) the detections of the last evaluation
@@ -37,7 +39,7 @@ class DetectionTask(VisionTask):
 
     Args:
         model: the detector; it must expose an integer ``num_classes`` (foreground classes).
-        optimizer, scheduler, scheduler_interval, norm_weight_decay: see :class:`VisionTask`.
+        optimizer, scheduler, scheduler_interval, norm_weight_decay, monitor: see :class:`VisionTask`.
         localization_weight: weight of the box loss against the classification loss (TF: 1.0).
     """
 
@@ -52,8 +54,9 @@ class DetectionTask(VisionTask):
         scheduler_interval: str = "epoch",
         norm_weight_decay: float | None = None,
         localization_weight: float = 1.0,
+        monitor: str | None = None,
     ) -> None:
-        super().__init__(model, optimizer, scheduler, scheduler_interval, norm_weight_decay)
+        super().__init__(model, optimizer, scheduler, scheduler_interval, norm_weight_decay, monitor)
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
         if not isinstance(getattr(model, "num_classes", None), int):
             raise ValueError(f"{type(model).__name__} must expose an integer num_classes attribute")
@@ -98,18 +101,9 @@ class DetectionTask(VisionTask):
         head_out = self.model.forward_head(images)
         loss = self._losses(head_out, targets)["loss"]
         self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=images.shape[0])
-        detections = self.model.postprocess(head_out, tuple(images.shape[-2:]))
-        detections = [_to_original_size(d, t, images.shape[-2:]) for d, t in zip(detections, targets)]
-        ground_truth = [
-            {
-                **_to_original_size({"boxes": t["boxes"]}, t, images.shape[-2:]),
-                "labels": t["labels"],
-                "iscrowd": t["iscrowd"],
-                "area": t["area"],
-            }
-            for t in targets
-        ]
-        metric.update(detections, ground_truth)
+        # the model maps its detections back to the images on disk; the ground truth is their own annotation
+        detections = self.model.postprocess(head_out, [t["orig_size"] for t in targets])
+        metric.update(detections, [t["annotations"] for t in targets])
         if self.keep_results:
             self.detections += self._coco_results(detections, targets)
 
@@ -138,9 +132,9 @@ class DetectionTask(VisionTask):
         self._log_map(self.test_map, "test")
 
     def predict_step(self, batch, batch_idx: int) -> list[dict[str, torch.Tensor]]:
+        """Detections per image in the pixels of the image on disk."""
         images, targets = batch
-        detections = self.model.postprocess(self.model.forward_head(images), tuple(images.shape[-2:]))
-        return [_to_original_size(d, t, images.shape[-2:]) for d, t in zip(detections, targets)]
+        return self.model.postprocess(self.model.forward_head(images), [t["orig_size"] for t in targets])
 
     # ---------------------------------------------------------------- COCO results
     def _coco_results(self, detections: list[dict[str, torch.Tensor]], targets: list[dict[str, Any]]) -> list[dict]:
@@ -168,10 +162,3 @@ class DetectionTask(VisionTask):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(detections))
         return path
-
-
-def _to_original_size(detection: dict[str, torch.Tensor], target: dict[str, Any], input_size) -> dict[str, torch.Tensor]:
-    """Scale ``detection["boxes"]`` from the network input (resized image) back to the image on disk."""
-    height, width = (int(v) for v in target["orig_size"])
-    scale = detection["boxes"].new_tensor([width / input_size[1], height / input_size[0]] * 2)
-    return {**detection, "boxes": detection["boxes"] * scale}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
@@ -10,75 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from ..models.deeplab import multi_scale_logits, upsample_logits
 from .base import OptimizerFactory, SchedulerFactory, VisionTask
-
-# The paper's "MF" evaluation (Table 7): inputs at these scales, each also left-right flipped.
-MF_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
-
-
-def scale_dimension(dim: int, scale: float) -> int:
-    """A side ``dim`` resized by ``scale`` as TF DeepLab does: ``int((dim - 1) * scale + 1)``.
-
-    With ``align_corners=True`` this maps the first and last pixels onto each other exactly and
-    keeps DeepLab's ``8k + 1`` sizes (513 at 0.5 -> 257, at 1.75 -> 897).
-    """
-    return max(1, int((dim - 1) * scale + 1))
-
-
-def multi_scale_logits(
-    model: nn.Module,
-    images: torch.Tensor,
-    scales: Sequence[float] = MF_SCALES,
-    flip: bool = True,
-    average: str = "logits",
-) -> torch.Tensor:
-    """Multi-scale (and flipped) inference, as DeepLab's ``predict_labels_multi_scale``.
-
-    For every scale ``s`` the batch is resized bilinearly (``align_corners=True``) to
-    :func:`scale_dimension` of its height and width (scale 1.0: not resized), run through
-    ``model``, and the logits are resized back to the input size (bilinear, ``align_corners=True``);
-    with ``flip`` the horizontally flipped input is run as well and its logits flipped back.
-
-    Args:
-        model: returns logits ``(N, C, h, w)`` for images ``(N, 3, h, w)``.
-        images: the batch ``(N, 3, H, W)``.
-        scales: the input scales; the paper's MF is :data:`MF_SCALES` with ``flip=True``.
-        flip: also run the left-right flipped images.
-        average: ``"logits"`` returns the mean of all the logits; ``"probs"`` averages softmax
-            probabilities as TF DeepLab does and returns their logarithm (log-probabilities are
-            logits of the same distribution: same argmax, and cross-entropy on them is the
-            negative log-likelihood of the averaged probabilities).
-
-    Returns:
-        ``(N, C, H, W)``, at the input size.
-    """
-    if average not in ("logits", "probs"):
-        raise ValueError(f"average must be 'logits' or 'probs', got {average!r}")
-    if not scales:
-        raise ValueError("multi_scale_logits needs at least one scale")
-    height, width = images.shape[-2:]
-    outputs = []
-    for scale in scales:
-        size = (scale_dimension(height, scale), scale_dimension(width, scale))
-        scaled = images if size == (height, width) else _resize(images, size)
-        for flipped in (False, True) if flip else (False,):
-            logits = model(scaled.flip(-1) if flipped else scaled)
-            if flipped:
-                logits = logits.flip(-1)
-            if tuple(logits.shape[-2:]) != (height, width):
-                logits = _resize(logits, (height, width))
-            outputs.append(logits if average == "logits" else logits.log_softmax(dim=1))
-    if len(outputs) == 1:
-        return outputs[0]
-    stacked = torch.stack(outputs)
-    if average == "logits":
-        return stacked.mean(dim=0)
-    return torch.logsumexp(stacked, dim=0) - math.log(len(outputs))  # log of the mean probability, stably
-
-
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
-
 
 def segmentation_scores(confusion: torch.Tensor) -> dict[str, torch.Tensor]:
     """IoU per class, mIoU and pixel accuracy from a confusion matrix (rows: ground truth, columns: prediction).
@@ -104,27 +36,31 @@ def segmentation_scores(confusion: torch.Tensor) -> dict[str, torch.Tensor]:
 class SegmentationTask(VisionTask):
     """Trains and evaluates a semantic segmentation model such as DeepLabv3 on MobileNetV2.
 
-    The model returns logits ``(N, num_classes, H, W)`` at the input size, exposes an integer
-    ``num_classes`` and, for an auxiliary loss, ``forward_with_aux(images) -> (logits, aux_logits)``
-    (``aux_logits`` also at the input size, ``None`` without an auxiliary head). Batches are
-    ``(images (N, 3, H, W), masks (N, H, W) int64)`` with ``ignore_index`` (255) on unlabelled
-    pixels. Logits of another size than the masks are resized to them (bilinear,
-    ``align_corners=True``, as DeepLab upsamples its logits to the labels).
+    The model takes images in [0, 1] and returns logits ``(N, num_classes, H, W)`` at the input
+    size; it exposes an integer ``num_classes``, for an auxiliary loss ``forward_with_aux(images) ->
+    (logits, aux_logits)`` (``aux_logits`` also at the input size, ``None`` without an auxiliary
+    head), and for evaluating whole images of different sizes ``segment(images, pad_to=, scales=,
+    flip=, average=)`` (:meth:`vision_tasks.models.DeepLabV3MobileNetV2.segment`: the one place that
+    pads and crops back). Training batches are ``(images (N, 3, H, W), masks (N, H, W) int64)``;
+    evaluation batches may also be lists of images ``(3, H_i, W_i)`` and masks ``(H_i, W_i)`` (the
+    evaluation loaders give lists: images keep their own size). ``ignore_index`` (255) marks
+    unlabelled pixels.
 
     Loss: pixel-wise cross-entropy averaged over the labelled pixels (0 for a batch with none),
     plus ``aux_weight`` times that of the auxiliary logits.
 
-    Evaluation: :meth:`evaluation_logits` (single scale, or :func:`multi_scale_logits` with
-    ``eval_scales`` / ``eval_flip``; the paper's MF: ``eval_scales=MF_SCALES, eval_flip=True``); the
-    argmax predictions accumulate into a torchmetrics confusion matrix (synchronised across DDP
-    processes), from which :func:`segmentation_scores` gives, once per epoch, ``val/miou`` (mean IoU
-    over the classes present in the ground truth), ``val/pixel_acc`` and ``val/iou/<class name>``
-    for every present class (the class index when the datamodule has no ``class_names``);
-    ``val/loss`` is the cross-entropy of the evaluation logits. Likewise ``test/...``.
+    Evaluation: :meth:`evaluation_logits` (single scale, or multi-scale with ``eval_scales`` /
+    ``eval_flip``: the paper's MF is ``eval_scales=MF_SCALES, eval_flip=True``, see
+    :func:`~vision_tasks.models.multi_scale_logits`), images padded to ``eval_pad_size`` as TF
+    DeepLab evaluates; the argmax predictions accumulate into a torchmetrics confusion matrix
+    (synchronised across DDP processes), from which :func:`segmentation_scores` gives, once per
+    epoch, ``val/miou`` (mean IoU over the classes present in the ground truth), ``val/pixel_acc``
+    and ``val/iou/<class name>`` for every present class (the class index when the datamodule has no
+    ``class_names``); ``val/loss`` is the cross-entropy of the evaluation logits. Likewise ``test/...``.
 
     Args:
         model: the segmentation model; it must expose an integer ``num_classes``.
-        optimizer, scheduler, scheduler_interval, norm_weight_decay: see :class:`VisionTask`;
+        optimizer, scheduler, scheduler_interval, norm_weight_decay, monitor: see :class:`VisionTask`;
             DeepLab's recipe is SGD with :class:`~vision_tasks.optim.PolyLR` stepped per batch.
         ignore_index: the mask value of unlabelled pixels, left out of the loss and the metrics.
         aux_weight: weight of the auxiliary loss; > 0 needs a model whose ``forward_with_aux``
@@ -132,7 +68,9 @@ class SegmentationTask(VisionTask):
         eval_scales: input scales at evaluation (and prediction).
         eval_flip: also evaluate the left-right flipped images.
         eval_average: how the multi-scale outputs are merged, ``"logits"`` (mean logits) or
-            ``"probs"`` (mean softmax probabilities, TF DeepLab); see :func:`multi_scale_logits`.
+            ``"probs"`` (mean softmax probabilities, TF DeepLab).
+        eval_pad_size: pad evaluation images (after normalisation, with the mean pixel) to at least this
+            side, as TF DeepLab evaluates Pascal VOC at 513x513; ``None``: to the largest image of the batch.
 
     Example::
 
@@ -156,8 +94,10 @@ class SegmentationTask(VisionTask):
         eval_scales: Sequence[float] = (1.0,),
         eval_flip: bool = False,
         eval_average: str = "logits",
+        eval_pad_size: int | None = None,
+        monitor: str | None = None,
     ) -> None:
-        super().__init__(model, optimizer, scheduler, scheduler_interval, norm_weight_decay)
+        super().__init__(model, optimizer, scheduler, scheduler_interval, norm_weight_decay, monitor)
         eval_scales = [float(s) for s in eval_scales]  # plain floats in the hyperparameters (a Hydra ListConfig, ...)
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
         num_classes = getattr(model, "num_classes", None)
@@ -172,22 +112,27 @@ class SegmentationTask(VisionTask):
             raise ValueError(f"eval_scales must be a non-empty list of positive scales, got {eval_scales}")
         if eval_average not in ("logits", "probs"):
             raise ValueError(f"eval_average must be 'logits' or 'probs', got {eval_average!r}")
+        if eval_pad_size is not None and (isinstance(eval_pad_size, bool) or int(eval_pad_size) < 1):
+            raise ValueError(f"eval_pad_size must be a positive side or None, got {eval_pad_size!r}")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.aux_weight = aux_weight
         self.eval_scales = tuple(eval_scales)
         self.eval_flip = eval_flip
         self.eval_average = eval_average
+        self.eval_pad_size = None if eval_pad_size is None else int(eval_pad_size)
         self.val_confusion = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index)
         self.test_confusion = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index)
 
     # ---------------------------------------------------------------- training
     def cross_entropy(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over the labelled pixels of ``masks`` (0, still in the graph, when there are none)."""
-        if tuple(logits.shape[-2:]) != tuple(masks.shape[-2:]):
-            logits = _resize(logits, tuple(masks.shape[-2:]))
-        total = F.cross_entropy(logits, masks, ignore_index=self.ignore_index, reduction="sum")
-        return total / (masks != self.ignore_index).sum().clamp_min(1)
+        return self._cross_entropy_sum(logits, masks) / (masks != self.ignore_index).sum().clamp_min(1)
+
+    def _cross_entropy_sum(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        if tuple(logits.shape[-2:]) != tuple(masks.shape[-2:]):  # DeepLab upsamples its logits to the labels
+            logits = upsample_logits(logits, tuple(masks.shape[-2:]))
+        return F.cross_entropy(logits, masks, ignore_index=self.ignore_index, reduction="sum")
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, masks = batch
@@ -207,19 +152,22 @@ class SegmentationTask(VisionTask):
         return loss
 
     # ---------------------------------------------------------------- evaluation
-    def evaluation_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits ``(N, C, H, W)`` at the input size: a plain forward, or multi-scale / flipped per ``eval_scales``."""
-        if self.eval_scales == (1.0,) and not self.eval_flip:
-            return self.model(images)
-        return multi_scale_logits(self.model, images, self.eval_scales, self.eval_flip, self.eval_average)
+    def evaluation_logits(self, images: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Logits ``(C, H_i, W_i)`` per image at its own size: plain, or multi-scale / flipped per ``eval_scales``."""
+        settings = dict(scales=self.eval_scales, flip=self.eval_flip, average=self.eval_average)
+        if callable(getattr(self.model, "segment", None)):
+            return self.model.segment(images, pad_to=self.eval_pad_size, **settings)
+        batch = images if isinstance(images, torch.Tensor) else torch.stack(list(images))  # a model without segment()
+        return list(multi_scale_logits(self.model, batch, **settings))
 
     def _evaluate(self, batch, confusion: MulticlassConfusionMatrix, stage: str) -> None:
         images, masks = batch
         logits = self.evaluation_logits(images)
-        if tuple(logits.shape[-2:]) != tuple(masks.shape[-2:]):
-            logits = _resize(logits, tuple(masks.shape[-2:]))
-        self.log(f"{stage}/loss", self.cross_entropy(logits, masks), sync_dist=True, batch_size=images.shape[0])
-        confusion.update(logits.argmax(dim=1), masks)
+        loss = sum(self._cross_entropy_sum(l.unsqueeze(0), m.unsqueeze(0)) for l, m in zip(logits, masks))
+        labelled = sum(int((m != self.ignore_index).sum()) for m in masks)
+        self.log(f"{stage}/loss", loss / max(1, labelled), sync_dist=True, batch_size=len(masks))
+        confusion.update(torch.cat([l.argmax(dim=0).flatten() for l in logits]),
+                         torch.cat([m.flatten() for m in masks]))
 
     def _log_scores(self, confusion: MulticlassConfusionMatrix, stage: str) -> None:
         scores = segmentation_scores(confusion.compute())  # already reduced over processes by torchmetrics
@@ -242,7 +190,7 @@ class SegmentationTask(VisionTask):
     def on_test_epoch_end(self) -> None:
         self._log_scores(self.test_confusion, "test")
 
-    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
-        """Class maps ``(N, H, W)`` int64 at the input size."""
-        images = batch[0] if isinstance(batch, (list, tuple)) else batch
-        return self.evaluation_logits(images).argmax(dim=1)
+    def predict_step(self, batch, batch_idx: int) -> list[torch.Tensor]:
+        """Class maps ``(H_i, W_i)`` int64, one per image, at its own size."""
+        images = batch[0] if isinstance(batch, tuple) else batch  # (images, masks) from the loaders
+        return [logits.argmax(dim=0) for logits in self.evaluation_logits(images)]

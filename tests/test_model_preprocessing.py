@@ -1,0 +1,141 @@
+"""Models own their pre- and post-processing: normalisation inside, boxes back to the original images,
+segmentation padded and cropped back in one place, and the weights' record deciding the settings."""
+
+from __future__ import annotations
+
+import albumentations as A
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+import backbones
+from vision_tasks.models import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImagePreprocessing,
+    build_model,
+    deeplabv3_mobilenet_v2,
+    describe_weights,
+    mobilenet_v2_classifier,
+    model_from_weights,
+    scale_boxes,
+    ssdlite_mobilenet_v2,
+)
+
+
+def _rgb(seed: int, size=(37, 53)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(*size, 3), dtype=np.uint8)
+
+
+def _tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(image).permute(2, 0, 1).float().div(255).unsqueeze(0)
+
+
+@pytest.mark.parametrize("normalization, grayscale", [("standard", False), ("standard", True), ("image", False),
+                                                      ("image", True), ("image_per_channel", False)])
+def test_preprocessing_matches_albumentations(normalization, grayscale):
+    """The model-side normalisation computes what the data pipelines computed before (albumentations)."""
+    image = _rgb(0)
+    steps = [A.ToGray(num_output_channels=3, p=1.0)] if grayscale else []
+    steps.append(A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0, normalization=normalization))
+    expected = torch.from_numpy(A.Compose(steps)(image=image)["image"].astype(np.float32)).permute(2, 0, 1)
+    got = ImagePreprocessing(IMAGENET_MEAN, IMAGENET_STD, normalization, grayscale)(_tensor(image))[0]
+    # albumentations rounds the grey image to uint8: half a grey level, divided by the std, apart
+    torch.testing.assert_close(got, expected, rtol=0, atol=2e-2 if grayscale else 1e-4)
+
+
+def test_uint8_input_equals_float_input_and_bad_input_is_named():
+    pre = ImagePreprocessing()
+    image = _rgb(1)
+    uint8 = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0)
+    torch.testing.assert_close(pre(uint8), pre(_tensor(image)))
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        pre(torch.rand(3, 8, 8))
+    with pytest.raises(TypeError, match="float images in \\[0, 1\\] or uint8"):
+        pre(torch.ones(1, 3, 8, 8, dtype=torch.int32))
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        ImagePreprocessing(normalization="min_max")
+    with pytest.raises(ValueError, match="three numbers"):
+        ImagePreprocessing(mean=(0.5, 0.5))
+
+
+def test_normalisation_is_in_the_config_not_the_state_dict():
+    model = mobilenet_v2_classifier(num_classes=4, width_mult=0.35, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    assert model.config["mean"] == [0.5, 0.5, 0.5] and model.config["normalization"] == "standard"
+    assert not any("preprocess" in key for key in model.state_dict())  # weight files keep torchvision's keys
+    rebuilt = build_model("MobileNetV2Classifier", model.config)
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(rebuilt.eval()(x), model.eval()(x))
+
+
+def test_torchvision_weights_set_imagenet_normalisation_and_give_torchvision_logits(tmp_path):
+    torch.manual_seed(0)
+    tv = torchvision.models.mobilenet_v2(width_mult=0.5).eval()
+    path = tmp_path / "mobilenet_v2-b0353104.pth"  # the name of torchvision's V1 release
+    torch.save(tv.state_dict(), path)
+    info = describe_weights(path)
+    assert info.kind == "torchvision" and info.padding == "symmetric" and info.input_size == 224
+    assert info.preprocessing["mean"] == list(IMAGENET_MEAN) and info.class_names[0] == "tench"
+    assert info.metrics["imagenet_acc1"] == pytest.approx(71.878)
+    model = mobilenet_v2_classifier(width_mult=0.5, weights=path).eval()
+    x = torch.rand(2, 3, 96, 96)
+    normalised = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), tv(normalised), rtol=0, atol=1e-4)
+
+
+def test_explicit_settings_win_over_the_weights(tmp_path):
+    torch.save(torchvision.models.mobilenet_v2(width_mult=0.35).state_dict(), tmp_path / "tv.pth")
+    model = ssdlite_mobilenet_v2(num_classes=3, width_mult=0.35, backbone_weights=tmp_path / "tv.pth",
+                                 mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), padding="tf_same")
+    assert model.config["mean"] == [0.5, 0.5, 0.5] and model.config["padding"] == "tf_same"
+    assert model.backbone.padding == "tf_same"
+
+
+def test_plain_state_dict_of_ours_keeps_the_configured_settings(tmp_path):
+    source = deeplabv3_mobilenet_v2(num_classes=3, width_mult=0.35)
+    torch.save(source.state_dict(), tmp_path / "ours.pth")
+    assert describe_weights(tmp_path / "ours.pth").kind == "state_dict"
+    model = deeplabv3_mobilenet_v2(num_classes=3, width_mult=0.35, weights=tmp_path / "ours.pth", normalization="image")
+    assert model.config["normalization"] == "image" and model.config["padding"] == "symmetric"
+    with pytest.raises(backbones.WeightsError, match="does not say which model it holds"):
+        model_from_weights(tmp_path / "ours.pth")
+
+
+def test_detector_returns_boxes_in_original_pixels():
+    torch.manual_seed(0)
+    model = ssdlite_mobilenet_v2(num_classes=2, width_mult=0.35, score_thresh=0.0).eval()
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        plain = model(images)
+        scaled = model(images, original_sizes=[(128, 32), (64, 64)])
+    torch.testing.assert_close(scaled[0]["boxes"], plain[0]["boxes"] * torch.tensor([0.5, 2.0, 0.5, 2.0]))
+    torch.testing.assert_close(scaled[1]["boxes"], plain[1]["boxes"])
+    assert scaled[0]["boxes"][:, 3].max() <= 128 and scaled[0]["boxes"][:, 2].max() <= 32
+    torch.testing.assert_close(scale_boxes(torch.tensor([[10.0, 10, 20, 20]]), (100, 50), (200, 100)),
+                               torch.tensor([[20.0, 20, 40, 40]]))
+    with pytest.raises(ValueError, match="original_sizes has 1 entries for 2 images"):
+        model(images, original_sizes=[(10, 10)])
+
+
+def test_segment_pads_with_the_mean_pixel_and_crops_back():
+    """segment() = normalise each image, pad with 0 (the mean after normalisation), run, crop back."""
+    torch.manual_seed(0)
+    model = deeplabv3_mobilenet_v2(num_classes=3, width_mult=0.35).eval()
+    small, tall = torch.rand(3, 40, 56), torch.rand(3, 72, 30)
+    with torch.no_grad():
+        logits = model.segment([small, tall], pad_to=80)
+        assert [tuple(l.shape) for l in logits] == [(3, 40, 56), (3, 72, 30)]
+        # the same as padding the normalised image by hand with zeros to 80x80 and cropping
+        padded = torch.nn.functional.pad(model.preprocess(small[None]), (0, 24, 0, 40))
+        torch.testing.assert_close(logits[0], model.logits(padded)[0, :, :40, :56])
+        # the mean pixel in [0, 1] units normalises to 0: padding with it before the model is the same
+        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        by_hand = torch.cat([small, mean.expand(3, 40, 24)], dim=2)
+        by_hand = torch.cat([by_hand, mean.expand(3, 40, 80)], dim=1)
+        torch.testing.assert_close(model(by_hand[None])[0, :, :40, :56], logits[0], rtol=1e-4, atol=1e-4)
+        # no padding asked, images of one size: the plain forward
+        same = model.segment(torch.stack([small, small]))
+        torch.testing.assert_close(same[1], model(small[None])[0])
