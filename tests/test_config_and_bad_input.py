@@ -14,7 +14,7 @@ import backbones
 from vision_tasks.checkpoints import CheckpointError
 from vision_tasks.data import DataError
 from vision_tasks import runner
-from vision_tasks.runner import CONFIG_DIR, check_choices
+from vision_tasks.runner import CONFIG_DIR
 
 
 def _compose(*overrides: str, tmp_path=None):
@@ -32,7 +32,8 @@ def test_default_config_is_the_synthetic_classification_run():
     assert cfg.task._target_ == "vision_tasks.tasks.ClassificationTask"
     assert cfg.model._target_ == "vision_tasks.models.mobilenet_v2_classifier"
     assert cfg.data._target_ == "vision_tasks.data.SyntheticClassificationDataModule"
-    assert cfg.task.optimizer._target_ == "torch.optim.AdamW" and cfg.task.scheduler.max_epochs == cfg.trainer.max_epochs
+    assert cfg.task.optimizer._target_ == "torch.optim.AdamW" and cfg.task.scheduler.warmup_epochs == 1
+    assert not {"max_epochs", "total_steps", "steps_per_epoch"} & set(cfg.task.scheduler)  # the task passes the run's length
     assert cfg.task.scheduler_interval == "step"
     sgd = _compose("optimizer=sgd")  # the torchvision-style recipe, by name
     assert sgd.task.optimizer._target_ == "torch.optim.SGD" and sgd.task.optimizer.nesterov is True
@@ -42,13 +43,13 @@ def test_warmup_cosine_per_step():
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     from vision_tasks.optim import WarmupCosineLR
 
-    scheduler = WarmupCosineLR(optimizer, max_epochs=4, warmup_epochs=1, warmup_factor=0.0, steps_per_epoch=10)
+    scheduler = WarmupCosineLR(optimizer, total_steps=40, warmup_epochs=1, warmup_factor=0.1, steps_per_epoch=10)
     lrs = []
     for _ in range(40):
         lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
-    assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.5) and lrs[10] == pytest.approx(1.0)  # linear warm-up
+    assert lrs[0] == pytest.approx(0.1) and lrs[5] == pytest.approx(0.55) and lrs[10] == pytest.approx(1.0)  # linear warm-up
     assert lrs[25] == pytest.approx(0.5) and lrs[39] < 0.01  # cosine: half-way at mid decay, ~0 at the end
 
 
@@ -71,11 +72,16 @@ def test_ddp_trainer_config():
 
 
 def test_unknown_task_and_data_name_the_choices():
-    with pytest.raises(MissingConfigException, match="nope"):
+    """Hydra's own messages name the group and list its choices; no argv parser of ours."""
+    with pytest.raises(MissingConfigException, match=r"(?s)Could not find 'task/nope'.*classification.*segmentation"):
         _compose("task=nope")
-    with pytest.raises(SystemExit, match=r"data=coco is not available for task=classification; choose one of: .*imagenet.*synthetic"):
-        check_choices(["task=classification", "data=coco"])
-    check_choices(["task=classification", "data=imagenet"])  # a valid pair passes
+    with pytest.raises(MissingConfigException, match=r"(?s)Could not find 'data/nope'.*coco.*voc_aug"):
+        _compose("data=nope")
+    # a source the task has no reader for: the pair is named, and the pairs there are are listed
+    with pytest.raises(MissingConfigException,
+                       match=r"(?s)Could not find 'datamodule/classification_coco'.*classification_imagenet.*detection_coco"):
+        _compose("task=classification", "data=coco")
+    assert _compose("task=classification", "data=imagenet", "data.root=/x").data.root == "/x"  # a valid pair composes
 
 
 def test_unknown_override_key_is_named():
@@ -141,26 +147,117 @@ def test_run_directory_of_another_run_is_not_overwritten(tmp_path, env):
     assert (checkpoints / "last.ckpt").read_bytes() == b"someone else's run"
 
 
-@pytest.mark.parametrize("config, name", [("detection", "steps_per_epoch"), ("segmentation", "total_steps")])
-def test_lightning_cli_schedules_get_the_run_length(config, name):
-    """LightningCLI's scheduler callables hide their signature; per-batch schedules must still get the
-    run's length (else a cosine given steps_per_epoch=1 ends after max_epochs batches)."""
+def _lightning_cli(config: str):
     import pytorch_lightning as pl
     from pytorch_lightning.cli import LightningCLI
 
+    return LightningCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                        args=[f"--config={CONFIG_DIR / 'lightning' / f'{config}.yaml'}", "--trainer.logger=false"],
+                        run=False)
+
+
+@pytest.mark.parametrize("config, names", [("detection", ("total_steps", "steps_per_epoch")),
+                                           ("segmentation", ("total_steps",))])
+def test_lightning_cli_schedules_get_the_run_length(config, names):
+    """LightningCLI's scheduler callables hide their signature; per-batch schedules must still get the
+    run's length (else a cosine given steps_per_epoch=1 ends after max_epochs batches). The config carries none."""
     from vision_tasks.tasks.base import _accepts
 
-    cli = LightningCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                       args=[f"--config={CONFIG_DIR / 'lightning' / f'{config}.yaml'}", "--trainer.logger=false"],
-                       run=False)
-    factory = cli.model.scheduler_factory
-    assert _accepts(factory, name) and not _accepts(factory, "no_such_argument")
+    factory = _lightning_cli(config).model.scheduler_factory
+    assert all(_accepts(factory, name) for name in names) and not _accepts(factory, "no_such_argument")
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = factory(optimizer, **{name: 1000})  # the task passes the run's length
+    run = {"total_steps": 13000, "steps_per_epoch": 1000}  # the task passes the run's length
+    scheduler = factory(optimizer, **{name: run[name] for name in names})
     for _ in range(300):
         optimizer.step()
         scheduler.step()
-    if name == "total_steps":
-        assert scheduler.total_steps == 1000  # not the config file's placeholder
-    else:  # 300 of 13 x 1000 steps: past the warm-up, near the peak (with steps_per_epoch=1 it would be 0)
-        assert optimizer.param_groups[0]["lr"] > 0.9
+    assert scheduler.total_steps == 13000  # the run's, not a config file's
+    if config == "detection":  # 300 of 13 x 1000 steps: past the warm-up (0.2 epochs), near the peak
+        assert scheduler.warmup_steps == 200 and optimizer.param_groups[0]["lr"] > 0.9
+
+
+def test_hydra_and_lightning_cli_give_the_same_schedule():
+    """The classification schedule of both front ends (configs/train.yaml task=classification and
+    configs/lightning/classification.yaml), built as the task builds it for the same run: the same learning rates."""
+    from vision_tasks.tasks.base import _accepts
+
+    hydra_config = _compose("task=classification").task.scheduler
+    assert not {"max_epochs", "total_steps", "steps_per_epoch"} & set(hydra_config)
+    factories = {"hydra": instantiate(hydra_config), "lightning": _lightning_cli("classification").model.scheduler_factory}
+    run = {"total_steps": 5 * 40, "steps_per_epoch": 40}  # 5 epochs of 40 batches
+    lrs = {}
+    for front_end, factory in factories.items():
+        assert _accepts(factory, "total_steps") and _accepts(factory, "steps_per_epoch")
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        scheduler = factory(optimizer, **run)
+        assert type(scheduler).__name__ == "WarmupCosineLR" and scheduler.warmup_steps == 40  # warmup_epochs: 1
+        lrs[front_end] = []
+        for _ in range(run["total_steps"]):
+            lrs[front_end].append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+    assert lrs["hydra"] == pytest.approx(lrs["lightning"], abs=1e-12)
+    assert lrs["hydra"][0] == pytest.approx(0.001) and lrs["hydra"][40] == pytest.approx(0.1)
+    assert lrs["hydra"][-1] < 1e-4
+
+
+def _defaults(target: str) -> dict:
+    """The keyword defaults of the class or builder function ``target`` names."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    obj = get_object(target)
+    return {name: p.default for name, p in inspect.signature(obj).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def _same(value, other) -> bool:
+    normalise = lambda v: [normalise(x) for x in v] if isinstance(v, (list, tuple)) else v  # noqa: E731
+    return normalise(value) == normalise(other)
+
+
+@pytest.mark.parametrize("task", ["classification", "detection", "segmentation"])
+def test_lightning_cli_files_are_the_hydra_default_runs(task):
+    """configs/lightning/<task>.yaml is written by hand for LightningCLI: checked here against the Hydra
+    default run of that task (task/, model/, datamodule/<task>_synthetic.yaml, optimizer/, scheduler/,
+    trainer/), so that the two front ends train the same thing. Each setting the Hydra run gives that
+    differs from the class's own default must be in the LightningCLI file, with the same value."""
+    from omegaconf import OmegaConf
+
+    from vision_tasks import models
+
+    hydra_cfg = OmegaConf.to_container(_compose(f"task={task}"), resolve=True)
+    cli = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "lightning" / f"{task}.yaml"))
+    assert cli["trainer"]["max_epochs"] == hydra_cfg["trainer"]["max_epochs"]
+    assert cli["model"]["class_path"] == hydra_cfg["task"]["_target_"]
+    cli_task = cli["model"]["init_args"]
+    builders = {"mobilenet_v2_classifier": "MobileNetV2Classifier", "ssdlite_mobilenet_v2": "SSDLiteMobileNetV2",
+                "deeplabv3_mobilenet_v2": "DeepLabV3MobileNetV2"}
+    model_class = "vision_tasks.models." + builders[hydra_cfg["model"]["_target_"].rsplit(".", 1)[1]]
+    assert cli_task["model"]["class_path"] == model_class and hasattr(models, model_class.rsplit(".", 1)[1])
+    # the data module's number of classes and input size come from the data in Hydra; the file writes them out
+    ignore = {"model": {"num_classes", "image_size", "weights", "backbone_weights"}}
+    pairs = {
+        "task": (hydra_cfg["task"], {k: v for k, v in cli_task.items() if k not in ("model", "optimizer", "scheduler")},
+                 hydra_cfg["task"]["_target_"]),
+        "model": (hydra_cfg["model"], cli_task["model"].get("init_args", {}), model_class),
+        "optimizer": (hydra_cfg["task"]["optimizer"], cli_task["optimizer"].get("init_args", {}),
+                      cli_task["optimizer"]["class_path"]),
+        "scheduler": (hydra_cfg["task"]["scheduler"], cli_task["scheduler"].get("init_args", {}),
+                      cli_task["scheduler"]["class_path"]),
+        "data": (hydra_cfg["data"], cli["data"].get("init_args", {}), cli["data"]["class_path"]),
+    }
+    assert cli_task["optimizer"]["class_path"] == hydra_cfg["task"]["optimizer"]["_target_"]
+    assert cli_task["scheduler"]["class_path"] == hydra_cfg["task"]["scheduler"]["_target_"]
+    assert cli["data"]["class_path"] == hydra_cfg["data"]["_target_"]
+    for part, (hydra_part, cli_part, target) in pairs.items():
+        defaults = _defaults(target)
+        skip = ignore.get(part, set()) | {"_target_", "_partial_", "optimizer", "scheduler"}
+        for key, value in cli_part.items():
+            if key not in skip:
+                assert key in hydra_part and _same(hydra_part[key], value), f"{part}.{key}: {cli_part[key]} vs Hydra"
+        for key, value in hydra_part.items():
+            if key in skip or value is None or (key in defaults and _same(defaults[key], value)):
+                continue
+            assert key in cli_part, f"{part}.{key}={value} (Hydra) is missing from configs/lightning/{task}.yaml"

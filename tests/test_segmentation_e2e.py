@@ -16,7 +16,9 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from conftest import ROOT, run_tool
-from vision_tasks.runner import CONFIG_DIR, check_choices
+from hydra.errors import MissingConfigException
+
+from vision_tasks.runner import CONFIG_DIR
 
 pytestmark = pytest.mark.slow
 
@@ -68,14 +70,18 @@ def test_paper_deeplabv3_experiment_is_the_tf_recipe():
     assert scheduler.power == 0.9 and scheduler.total_steps == 30000
 
 
-def test_experiments_choose_their_task_and_the_data_check_sees_it():
+def test_experiments_choose_their_task_and_hydra_names_a_source_the_task_lacks():
     # the paper experiments name their task, so "experiment=..." alone is a complete command
     assert _compose("experiment=paper_ssdlite_coco", "data.root=/coco").task._target_.endswith("DetectionTask")
-    check_choices(["experiment=paper_deeplabv3_voc", "data=voc"])  # VOC 2012 without SBD: a segmentation source
-    check_choices(["experiment=paper_ssdlite_coco"])
-    with pytest.raises(SystemExit, match="data=coco is not available for task=segmentation; choose one of: "
-                                         "coco128_voc21, image_folder, synthetic, voc, voc_aug"):
-        check_choices(["experiment=paper_deeplabv3_voc", "data=coco"])
+    voc = _compose("experiment=paper_deeplabv3_voc", "data=voc", "data.root=/voc")  # VOC 2012 without SBD
+    assert voc.data._target_ == "vision_tasks.data.VOCSegmentationDataModule" and voc.data.train_split == "train"
+    assert voc.task.eval_pad_size == 513  # TF evaluates VOC padded to 513x513
+    # Hydra's own message names the task/source pair and lists the pairs there are
+    with pytest.raises(MissingConfigException) as error:
+        _compose("experiment=paper_deeplabv3_voc", "data=coco")
+    message = str(error.value)
+    assert "Could not find 'datamodule/segmentation_coco'" in message
+    assert "segmentation_voc_aug" in message and "detection_coco" in message
 
 
 def test_train_test_mf_predict(tmp_path, env):
@@ -130,7 +136,7 @@ def test_voc_layout_and_paper_experiment_run(tmp_path, env):
 
     root = generate_segmentation(tmp_path / "voc", num_train=4, num_val=2, image_size=48)
     run_tool(["tools/train.py", "experiment=paper_deeplabv3_voc", "data=voc", f"data.root={root}",
-              "data.crop_size=65", "data.eval_pad_size=65", "data.batch_size=2", "data.num_workers=0",
+              "data.crop_size=65", "task.eval_pad_size=65", "data.batch_size=2", "data.num_workers=0",
               "model.num_classes=null", "model.width_mult=0.35", "trainer.fast_dev_run=true",
               "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'run'}"], env)
     config = (tmp_path / "run" / "config.yaml").read_text()

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train a task on the embedded synthetic data or on real data.
+"""Train a task on the embedded synthetic data or on real data (configs/train.yaml).
 
     python tools/train.py task=classification                              # synthetic default
     python tools/train.py task=classification data=imagenet data.root=/data/imagenet trainer=ddp trainer.devices=8
@@ -9,11 +9,9 @@
 Configs are in configs/ (Hydra); any key can be overridden (trainer.max_epochs=3, model.width_mult=0.5).
 """
 
-import sys
-
 import hydra
 
-from vision_tasks.runner import check_choices, train
+from vision_tasks.runner import train
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
@@ -22,5 +20,4 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    check_choices(sys.argv[1:])
     main()

@@ -1,7 +1,10 @@
 """What ``tools/train.py`` and ``tools/test.py`` do with a composed Hydra config.
 
 Kept out of the scripts so tests and other programs can call :func:`train` / :func:`test` with a
-config composed in-process.
+config composed in-process (``configs/train.yaml``, ``configs/eval.yaml``). Everything a run builds
+comes from the config: the data module (``data``), the model (``model``, with the normalisation
+and padding of the weights it starts from), the LightningModule (``task``), the trainer, its
+callbacks and loggers (``trainer``, ``callbacks``, ``logger``).
 """
 
 from __future__ import annotations
@@ -14,8 +17,6 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities import rank_zero_only
 from torch import nn
 
@@ -23,46 +24,16 @@ import backbones
 
 from .callbacks import RunArtifacts
 from .checkpoints import model_from_checkpoint, read_checkpoint_meta
-from .convert import apply_sidecar, model_from_sidecar, weights_description
+from .models import describe_weights, model_from_weights, weights_settings
 
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
-__all__ = ["CONFIG_DIR", "check_choices", "train", "test"]
+__all__ = ["CONFIG_DIR", "train", "test"]
 
-
-def check_choices(overrides: list[str], config_dir: Path = CONFIG_DIR) -> None:
-    """Refuse a ``data=`` source that the chosen ``task=`` has no reader for, listing the choices.
-
-    Hydra's own message for this case ("Could not find 'datamodule/<task>/<data>'") names neither
-    key, so the scripts check it first.
-    """
-    choice = {"task": "classification", "data": "synthetic"}
-    given = dict(item.partition("=")[::2] for item in overrides if "=" in item)
-    if given.get("experiment"):  # an experiment file may choose the task and the data source itself
-        choice.update(_experiment_choices(config_dir / "experiment" / f"{given['experiment']}.yaml"))
-    choice.update({key: value for key, value in given.items() if key in choice})  # the command line wins
-    available = sorted(p.stem for p in (config_dir / "datamodule" / choice["task"]).glob("*.yaml"))
-    if available and choice["data"] not in available:
-        raise SystemExit(
-            f"error: data={choice['data']} is not available for task={choice['task']}; choose one of: {', '.join(available)}"
-        )
-
-
-def _experiment_choices(path: Path) -> dict[str, str]:
-    """The ``override /task: ...`` and ``override /data: ...`` entries of an experiment's defaults list."""
-    if not path.is_file():
-        return {}  # Hydra names the missing experiment itself
-    defaults = OmegaConf.load(path).get("defaults") or []
-    found = {}
-    for entry in defaults:
-        if isinstance(entry, (dict, DictConfig)):
-            for key, value in entry.items():
-                group = str(key).removeprefix("override").strip().lstrip("/")
-                if group in ("task", "data"):
-                    found[group] = str(value)
-    return found
+# Model arguments that the weights a model starts from decide unless the config sets them.
+_WEIGHTS_DECIDE = ("padding", "mean", "std", "normalization", "grayscale")
 
 
 def _datamodule(cfg: DictConfig, stage: str) -> pl.LightningDataModule:
@@ -75,6 +46,7 @@ def _datamodule(cfg: DictConfig, stage: str) -> pl.LightningDataModule:
 
 
 def _model(cfg: DictConfig, datamodule: pl.LightningDataModule) -> nn.Module:
+    """``cfg.model`` with the dataset's number of classes, and the normalisation / padding of ``weights=``."""
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     data_classes = getattr(datamodule, "num_classes", None)
     if "num_classes" in model_cfg:
@@ -85,11 +57,14 @@ def _model(cfg: DictConfig, datamodule: pl.LightningDataModule) -> nn.Module:
                 f"model.num_classes={model_cfg['num_classes']} but the dataset at data.root has {data_classes} "
                 "classes; set model.num_classes=null to take the dataset's"
             )
+    if cfg.get("weights"):  # the weights the run starts from decide what the config leaves open
+        decided = weights_settings(cfg.weights, **{key: model_cfg.pop(key, None) for key in _WEIGHTS_DECIDE})
+        model_cfg.update(decided)
     return instantiate(model_cfg)
 
 
 def _load_initial_weights(model: nn.Module, path: str) -> None:
-    """Start training from a state-dict file; only a classifier head of another size may differ."""
+    """Start training from a weight file; only a classifier head of another size may differ."""
     report = backbones.load_weights(model, path, strict=False)
     problems = [k for k in report.missing + report.unexpected + report.mismatched if not k.startswith("head.")]
     if problems:
@@ -99,7 +74,13 @@ def _load_initial_weights(model: nn.Module, path: str) -> None:
         log.warning("weights=%s: the head was not loaded (%s); it starts from scratch", path, ", ".join(skipped))
 
 
-def _trainer(cfg: DictConfig, run_dir: Path, **kwargs: Any) -> pl.Trainer:
+def _instantiate_all(group: DictConfig | None) -> list[Any]:
+    """The objects of a ``name -> config`` group (callbacks, loggers); ``null`` entries and ``None`` results are skipped."""
+    objects = (instantiate(node, _convert_="all") for node in (group or {}).values() if node is not None)
+    return [obj for obj in objects if obj is not None]
+
+
+def _trainer(cfg: DictConfig, **kwargs: Any) -> pl.Trainer:
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     on_cpu = trainer_cfg.get("accelerator") == "cpu" or (
         trainer_cfg.get("accelerator") == "auto" and not torch.cuda.is_available()
@@ -107,7 +88,7 @@ def _trainer(cfg: DictConfig, run_dir: Path, **kwargs: Any) -> pl.Trainer:
     if trainer_cfg.get("sync_batchnorm") and on_cpu:
         log.info("trainer.sync_batchnorm: PyTorch's SyncBatchNorm runs on CUDA only; off for this CPU run")
         trainer_cfg["sync_batchnorm"] = False
-    return instantiate(trainer_cfg, default_root_dir=str(run_dir), **kwargs)
+    return instantiate(trainer_cfg, **kwargs)
 
 
 def _save_config(cfg: DictConfig, run_dir: Path) -> None:
@@ -130,8 +111,9 @@ def _check_run_dir(run_dir: Path, ckpt_path: str | None) -> None:
 def train(cfg: DictConfig) -> Path:
     """Train the configured task; returns the run directory.
 
-    The run directory receives ``config.yaml`` (resolved), ``checkpoints/{last,best}.ckpt``,
-    ``metrics.json`` (final validation metrics), ``logs/metrics.csv`` and ``curves.png``.
+    The run directory receives ``config.yaml`` (resolved), and through the configured callbacks and
+    loggers ``checkpoints/{last,best}.ckpt``, ``metrics.json`` (final validation metrics),
+    ``logs/metrics.csv`` and ``curves.png``.
     """
     run_dir = Path(cfg.run_dir)
     task_cls = get_class(cfg.task._target_)
@@ -148,21 +130,8 @@ def train(cfg: DictConfig) -> Path:
         # the DeepLab training step is about 20% faster, and on GPUs it is the layout AMP wants.
         model = model.to(memory_format=torch.channels_last)
     task = instantiate(cfg.task, model=model, _convert_="all")
-
-    callbacks: list[pl.Callback] = [
-        # Two checkpoints: since Lightning 2.5 save_last=True with a monitor only refreshes last.ckpt on
-        # epochs that improve the best one, so "last" is its own unmonitored callback.
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=task.monitor, mode="max",
-                        enable_version_counter=False),
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False),
-        LearningRateMonitor(logging_interval="epoch"),
-        RunArtifacts(str(run_dir)),
-    ]
-    if cfg.ema_decay:
-        callbacks.append(EMAWeightAveraging(decay=cfg.ema_decay))
-    callbacks += [instantiate(c, _convert_="all") for c in cfg.callbacks.values()]
-    logger = CSVLogger(str(run_dir), name="logs", version="")
-    trainer = _trainer(cfg, run_dir, callbacks=callbacks, logger=logger)
+    trainer = _trainer(cfg, callbacks=_instantiate_all(cfg.get("callbacks")),
+                       logger=_instantiate_all(cfg.get("logger")) or False)
     _save_config(cfg, run_dir)
     trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     if trainer.is_global_zero:
@@ -171,26 +140,28 @@ def train(cfg: DictConfig) -> Path:
 
 
 def test(cfg: DictConfig) -> dict[str, float]:
-    """Evaluate ``ckpt_path=`` (a training checkpoint) or ``weights=`` (a state-dict file) on ``data``.
+    """Evaluate ``ckpt_path=`` (a training checkpoint) or ``weights=`` (a weight file) on ``data``.
 
-    Writes ``metrics.json`` (``val/...`` keys, as training does; segmentation with ``mf=true``
-    evaluates with the paper's multi-scale + flip inputs), the resolved ``config.yaml`` and
-    the task's own results (detection: ``detections.json``, COCO results format with the dataset's
-    image and category ids) into the run directory and returns the metrics.
+    A checkpoint, a converted file or a TFLite release brings its own model (architecture,
+    normalisation, padding); a plain state dict is loaded into ``cfg.model``. Writes ``metrics.json``
+    (``val/...`` keys, as training does; segmentation with ``mf=true`` evaluates with the paper's
+    multi-scale + flip inputs), the resolved ``config.yaml`` and the task's own results (detection:
+    ``detections.json``, COCO results format with the dataset's image and category ids) into the run
+    directory and returns the metrics.
     """
     run_dir = Path(cfg.run_dir)
     task_cls = get_class(cfg.task._target_)
     if bool(cfg.ckpt_path) == bool(cfg.weights):
-        raise ValueError("tools/test.py needs exactly one of ckpt_path=CHECKPOINT or weights=STATE_DICT_FILE")
+        raise ValueError("tools/test.py needs exactly one of ckpt_path=CHECKPOINT or weights=WEIGHT_FILE")
     if cfg.ckpt_path:
-        model, meta = model_from_checkpoint(cfg.ckpt_path, expected_task=task_cls.name)
-    sidecar = weights_description(cfg.weights) if cfg.weights else None
-    if sidecar is not None:  # converted or TFLite weights: their model and preprocessing (tools/convert_weights.py)
-        apply_sidecar(cfg, sidecar)
+        model, _ = model_from_checkpoint(cfg.ckpt_path, expected_task=task_cls.name)
+    info = describe_weights(cfg.weights) if cfg.weights else None
+    if info is not None and info.task not in (None, task_cls.name):
+        raise ValueError(f"weights={cfg.weights} holds a {info.task} model, but task={task_cls.name} was asked for")
     datamodule = _datamodule(cfg, "validate")
-    if sidecar is not None:
-        model = model_from_sidecar(cfg.weights, sidecar)
-    elif cfg.weights:
+    if info is not None and info.model_class is not None:  # a converted file, a TFLite release: the model it describes
+        model = model_from_weights(cfg.weights, info)[0]
+    elif info is not None:
         model = _model(cfg, datamodule)
         backbones.load_weights(model, cfg.weights)
     data_classes = getattr(datamodule, "num_classes", None)
@@ -200,12 +171,12 @@ def test(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("mf"):
         if task_cls.name != "segmentation":
             raise ValueError(f"mf=true (multi-scale + flip evaluation) is for task=segmentation, not {task_cls.name}")
-        from .tasks.segmentation import MF_SCALES
+        from .models import MF_SCALES
 
         overrides = {"eval_scales": list(MF_SCALES), "eval_flip": True}
     task = instantiate(cfg.task, model=model, optimizer=None, scheduler=None, _convert_="all", **overrides)
     task.keep_results = True  # e.g. detections.json for detection
-    trainer = _trainer(cfg, run_dir, callbacks=[RunArtifacts(str(run_dir))], logger=False)
+    trainer = _trainer(cfg, callbacks=[RunArtifacts(str(run_dir))], logger=False)
     _save_config(cfg, run_dir)
     results = trainer.validate(task, datamodule=datamodule)
     exported = task.export_results(run_dir)
