@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torchvision
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 import backbones
@@ -261,3 +264,84 @@ def test_lightning_cli_files_are_the_hydra_default_runs(task):
             if key in skip or value is None or (key in defaults and _same(defaults[key], value)):
                 continue
             assert key in cli_part, f"{part}.{key}={value} (Hydra) is missing from configs/lightning/{task}.yaml"
+
+
+def _readme_commands() -> list[tuple[str, list[str]]]:
+    """``(primary config, overrides)`` of every ``python tools/{train,test,predict}.py`` command in the README's
+    code blocks (backslash continuations joined, comments dropped)."""
+    import re
+    import shlex
+
+    text = (CONFIG_DIR.parent / "README.md").read_text()
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S)
+    primary = {"train": "train", "test": "eval", "predict": "predict"}
+    commands = []
+    for block in blocks:
+        for line in block.replace("\\\n", " ").splitlines():
+            match = re.search(r"tools/(train|test|predict)\.py(.*)", line.split("#")[0])
+            if match:
+                args = [a for a in shlex.split(match.group(2)) if "=" in a and not a.startswith("-")]
+                commands.append((primary[match.group(1)], args))
+    return commands
+
+
+@pytest.mark.parametrize("primary, overrides", _readme_commands(), ids=lambda v: " ".join(v) if isinstance(v, list) else v)
+def test_every_readme_command_composes_as_written(primary, overrides):
+    """Every key a README command names exists where it says (Hydra refuses unknown keys), as written."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(primary, overrides=["run_dir=unused", *overrides] if primary != "predict" else overrides)
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if "." in key and not key.startswith(("hydra.", "+")):
+            assert OmegaConf.select(cfg, key, throw_on_missing=False) is not None or value in ("null", ""), override
+
+
+def test_readme_inline_overrides_compose():
+    """The ``key=value`` overrides the README names in its prose (`trainer.max_epochs=3` ...) exist for some task."""
+    import re
+
+    text = (CONFIG_DIR.parent / "README.md").read_text()
+    inline = sorted(set(re.findall(r"`((?:[a-z_]+\.)*[a-z_]+=[^`\s]+)`", text)))
+    assert len(inline) > 10
+    tasks = ("classification", "detection", "segmentation")
+    groups = {"task", "data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "experiment"}
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        top_level = set(compose("train", overrides=["run_dir=unused"])) | groups
+        for override in inline:
+            key = override.split("=")[0]
+            if "." not in key and key not in top_level:  # a Python argument (aspp=True ...), not a config key
+                continue
+            ok = []
+            for task in tasks:
+                try:
+                    compose("train", overrides=["run_dir=unused", f"task={task}", override])
+                    ok.append(task)
+                except Exception:  # noqa: BLE001 (Hydra's errors for a missing key or group)
+                    pass
+            assert ok, f"the README names {override}, which no task's config takes"
+
+
+def test_callbacks_and_loggers_are_config_groups(tmp_path):
+    """The default run's callbacks and CSV logger come from configs/callbacks and configs/logger; logger=tensorboard
+    adds TensorBoard beside the CSV file (which curves.png is drawn from); a callback is switched off by null."""
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger
+
+    from vision_tasks.callbacks import RunArtifacts
+
+    cfg = _compose("task=detection", tmp_path=tmp_path)
+    callbacks = runner._instantiate_all(cfg.callbacks)
+    kinds = sorted(type(c).__name__ for c in callbacks)
+    assert kinds == ["LearningRateMonitor", "ModelCheckpoint", "ModelCheckpoint", "RunArtifacts"]  # no EMA by default
+    best = next(c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor)
+    assert best.monitor == "val/map" and best.dirpath == str(tmp_path / "run" / "checkpoints")
+    assert _compose("task=detection", "task.monitor=val/map_50").callbacks.best_checkpoint.monitor == "val/map_50"
+    with_ema = runner._instantiate_all(_compose("ema_decay=0.999", tmp_path=tmp_path).callbacks)
+    assert any(type(c).__name__ == "EMAWeightAveraging" for c in with_ema)
+    without = runner._instantiate_all(_compose("callbacks.lr_monitor=null", tmp_path=tmp_path).callbacks)
+    assert not any(isinstance(c, LearningRateMonitor) for c in without) and any(isinstance(c, RunArtifacts) for c in without)
+    (logger,) = runner._instantiate_all(cfg.logger)
+    assert isinstance(logger, CSVLogger) and Path(logger.log_dir) == tmp_path / "run" / "logs"
+    pytest.importorskip("tensorboard", reason="TensorBoard is an optional extra: pip install '.[tensorboard]'")
+    loggers = runner._instantiate_all(_compose("logger=tensorboard", tmp_path=tmp_path).logger)
+    assert sorted(type(l).__name__ for l in loggers) == ["CSVLogger", "TensorBoardLogger"]

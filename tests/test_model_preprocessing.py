@@ -139,3 +139,43 @@ def test_segment_pads_with_the_mean_pixel_and_crops_back():
         # no padding asked, images of one size: the plain forward
         same = model.segment(torch.stack([small, small]))
         torch.testing.assert_close(same[1], model(small[None])[0])
+
+
+def test_checkpoints_and_records_of_the_first_wave_still_load(tmp_path):
+    """Before the models owned their normalisation, checkpoints kept it in the data module's hyperparameters and
+    the converter's JSON under "preprocessing": both are read into the model's configuration."""
+    import json
+
+    from vision_tasks.checkpoints import model_from_checkpoint
+
+    source = mobilenet_v2_classifier(num_classes=8, width_mult=0.35)
+    old_config = {k: v for k, v in source.config.items() if k not in ("mean", "std", "normalization", "grayscale",
+                                                                         "round_nearest")}
+    checkpoint = {
+        "state_dict": {f"model.{k}": v for k, v in source.state_dict().items()},
+        "vision_tasks": {"task": "classification", "model_class": "MobileNetV2Classifier", "model_config": old_config,
+                         "class_names": [f"c{i}" for i in range(8)]},
+        "datamodule_hyper_parameters": {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "normalization": "image",
+                                        "grayscale": True, "image_size": 64},
+    }
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    model, meta = model_from_checkpoint(tmp_path / "old.ckpt", expected_task="classification")
+    assert model.config["normalization"] == "image" and model.config["grayscale"] is True
+    assert meta["model_config"]["mean"] == [0.5, 0.5, 0.5] and meta["class_names"][0] == "c0"
+    info = describe_weights(tmp_path / "old.ckpt")
+    assert info.kind == "checkpoint" and info.input_size == 64 and info.task == "classification"
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), source.eval().backbone(model.preprocess(x))["layer19"].mean((2, 3))
+                                   @ source.head.fc.weight.T + source.head.fc.bias)
+
+    # the first converter's JSON (version 1): preprocessing beside the model configuration
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "old.safetensors"))
+    (tmp_path / "old.json").write_text(json.dumps({
+        "version": 1, "source": "x.ckpt", "model_class": "MobileNetV2Classifier", "model_config": old_config,
+        "class_names": None, "preprocessing": {"mean": [0.5] * 3, "std": [0.5] * 3, "normalization": "standard",
+                                               "input_size": 224, "padding": "tf_same"}}))
+    model, info = model_from_weights(tmp_path / "old.safetensors")
+    assert info.padding == "tf_same" and info.input_size == 224 and model.config["mean"] == [0.5] * 3

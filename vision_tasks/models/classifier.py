@@ -60,8 +60,8 @@ class MobileNetV2Classifier(nn.Module):
             num_classes=num_classes, width_mult=width_mult, dropout=dropout, expand_ratio=expand_ratio,
             linear_bottleneck=linear_bottleneck, shortcut=shortcut,
             memory_efficient_splits=memory_efficient_splits, freeze_bn=freeze_bn, padding=padding,
-            round_nearest=round_nearest, mean=[float(v) for v in mean], std=[float(v) for v in std],
-            normalization=normalization, grayscale=bool(grayscale),
+            round_nearest=round_nearest,
+            **self.preprocess.config,
         )
         self.backbone = backbones.create_backbone(
             "mobilenet_v2", width_mult=width_mult, out_features=("layer19",), expand_ratio=expand_ratio,

@@ -93,8 +93,8 @@ class DeepLabV3MobileNetV2(nn.Module):
             num_classes=num_classes, output_stride=output_stride, aspp=aspp, separable_aspp=separable_aspp,
             width_mult=width_mult, feature=feature, head_channels=head_channels, dropout=dropout,
             aux_feature=aux_feature, freeze_bn=freeze_bn, bn_eps=bn_eps, bn_momentum=bn_momentum, padding=padding,
-            round_nearest=round_nearest, mean=[float(v) for v in mean], std=[float(v) for v in std],
-            normalization=normalization, grayscale=bool(grayscale),
+            round_nearest=round_nearest,
+            **self.preprocess.config,
         )
         self.num_classes = num_classes
         self.feature = feature

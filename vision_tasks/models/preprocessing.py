@@ -101,6 +101,13 @@ class ImagePreprocessing(nn.Module):
         self.register_buffer("std", torch.tensor(config["std"]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("luma", torch.tensor(_LUMA).view(1, 3, 1, 1), persistent=False)
 
+    @property
+    def config(self) -> dict[str, Any]:
+        """The four settings as a model's ``config`` records them (plain lists and values)."""
+        return {"mean": [round(float(v), 6) for v in self.mean.flatten()],
+                "std": [round(float(v), 6) for v in self.std.flatten()],
+                "normalization": self.normalization, "grayscale": self.grayscale}
+
     def forward(self, images: Tensor) -> Tensor:
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(images.shape)}")

@@ -105,8 +105,8 @@ class SSDLiteMobileNetV2(nn.Module):
             classification_loss=classification_loss, neg_pos_ratio=neg_pos_ratio, iou_threshold=iou_threshold,
             score_thresh=score_thresh, nms_thresh=nms_thresh, topk_candidates=topk_candidates,
             detections_per_img=detections_per_img, freeze_bn=freeze_bn, bn_eps=bn_eps, bn_momentum=bn_momentum,
-            padding=padding, round_nearest=round_nearest, mean=[float(v) for v in mean], std=[float(v) for v in std],
-            normalization=normalization, grayscale=bool(grayscale),
+            padding=padding, round_nearest=round_nearest,
+            **self.preprocess.config,
         )
         self.num_classes = num_classes
         self.image_size = image_size

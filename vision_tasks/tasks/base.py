@@ -13,12 +13,11 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from ..models.weights import CHECKPOINT_KEY  # checkpoint entry: task name, model class/config, class names
 from ..optim import param_groups
 
 OptimizerFactory = Callable[[Iterable], Optimizer]
 SchedulerFactory = Callable[[Optimizer], LRScheduler]
-
-from ..models.weights import CHECKPOINT_KEY  # checkpoint entry: task name, model class/config, class names
 
 
 class VisionTask(pl.LightningModule):
