@@ -28,7 +28,16 @@ DATA_EXPORTS = [
     "voc_colormap",
 ]
 
-COCO_AND_VOC_XML = ["pycocotools", "vision_tasks.data.formats.coco", "vision_tasks.data.formats.voc_xml"]
+# Added with the custom detection formats (flat VOC folder, YOLO txt).
+DATA_EXPORTS += ["VOCFolderDetectionDataModule", "YOLODetectionDataModule", "read_voc_folder", "read_yolo"]
+
+DETECTION_FORMATS = [
+    "pycocotools",
+    "vision_tasks.data.formats.coco",
+    "vision_tasks.data.formats.voc_xml",
+    "vision_tasks.data.formats.voc_folder",
+    "vision_tasks.data.formats.yolo",
+]
 MASK_FORMATS = [
     "vision_tasks.data.formats.masks",
     "vision_tasks.data.formats.voc_segmentation",
@@ -38,7 +47,7 @@ MASK_FORMATS = [
 # For each data module: the modules that importing it must not load.
 NOT_IMPORTED = {
     "vision_tasks.data.modules.classification": [
-        *COCO_AND_VOC_XML,
+        *DETECTION_FORMATS,
         *MASK_FORMATS,
         "vision_tasks.data.synthetic.detection",
         "vision_tasks.data.synthetic.segmentation",
@@ -47,11 +56,18 @@ NOT_IMPORTED = {
     ],
     "vision_tasks.data.modules.detection": [
         *MASK_FORMATS,
+        "vision_tasks.data.formats.voc_folder",
+        "vision_tasks.data.formats.yolo",
+        "vision_tasks.data.synthetic.segmentation",
+        "vision_tasks.data.transforms.segmentation",
+    ],
+    "vision_tasks.data.modules.detection_custom": [
+        *MASK_FORMATS,
         "vision_tasks.data.synthetic.segmentation",
         "vision_tasks.data.transforms.segmentation",
     ],
     "vision_tasks.data.modules.segmentation": [
-        *COCO_AND_VOC_XML,
+        *DETECTION_FORMATS,
         "vision_tasks.data.formats.detection",
         "vision_tasks.data.synthetic.detection",
         "vision_tasks.data.transforms.detection",

@@ -2,8 +2,8 @@
 
 - :data:`IMAGE_EXTENSIONS`, :func:`list_images` (a folder, recursively) and :func:`files_by_stem`
   (one folder, by file stem): which files are images.
-- :func:`load_rgb` (pixels) and :func:`read_header` / :func:`image_size` (the header only, no pixels
-  decoded); :data:`UNREADABLE` is what PIL raises for a file it cannot read.
+- :func:`load_rgb` (pixels) and :func:`read_header` / :func:`image_size` / :func:`image_sizes` (the
+  header only, no pixels decoded); :data:`UNREADABLE` is what PIL raises for a file it cannot read.
 - :func:`check_each`: the one threaded checker behind every up-front file check (ImageFolder image
   headers, image/mask header pairs, mask values); :func:`listing` and :data:`MAX_LISTED`: how a
   long list of bad files is quoted in an error.
@@ -37,6 +37,7 @@ __all__ = [
     "default_data_dir",
     "files_by_stem",
     "image_size",
+    "image_sizes",
     "list_images",
     "listing",
     "load_rgb",
@@ -102,6 +103,31 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     except UNREADABLE as exc:
         raise DataError(f"cannot read image {path}: {exc}") from exc
     return height, width
+
+
+def image_sizes(
+    paths: Sequence[Path], headline: str = "{count} of {total} images cannot be read"
+) -> list[tuple[int, int]]:
+    """(height, width) of each of ``paths`` from its header, read in threads (:func:`check_each`).
+
+    Raises:
+        DataError: ``headline`` (formatted with ``count`` and ``total``), then the first unreadable or
+            empty images, each with the reason.
+    """
+    sizes: dict[int, tuple[int, int]] = {}
+
+    def problem(index: int) -> str | None:
+        try:
+            width, height, _ = read_header(paths[index])
+        except UNREADABLE as exc:
+            return f"{paths[index]}: {exc}"
+        if width < 1 or height < 1:
+            return f"{paths[index]}: empty image ({width}x{height})"
+        sizes[index] = (height, width)
+        return None
+
+    check_each(range(len(paths)), problem, headline)
+    return [sizes[index] for index in range(len(paths))]
 
 
 # --------------------------------------------------------------------------------------------------

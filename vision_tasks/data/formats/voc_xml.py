@@ -2,7 +2,9 @@
 
 :func:`read_voc` checks what it reads before training and raises :class:`DataError` naming the file
 and the reason; it produces the :class:`~vision_tasks.data.formats.detection.DetectionAnnotations`
-that every detection format shares.
+that every detection format shares. The pieces it is made of (:func:`parse_voc_xml`,
+:func:`voc_labels`, :func:`voc_records`) also serve the flat folder of
+:mod:`~vision_tasks.data.formats.voc_folder`.
 """
 
 from __future__ import annotations
@@ -17,10 +19,19 @@ import numpy as np
 from ..classes import VOC_CLASSES
 from ..common import image_size, listing
 from ..errors import DataError
-from .detection import DetectionAnnotations, check_images_exist, detection_record, group_by_image, sanitize_boxes
+from .detection import (
+    DetectionAnnotations,
+    DetectionRecord,
+    check_images_exist,
+    detection_record,
+    group_by_image,
+    sanitize_boxes,
+)
 from .voc import VOC_LAYOUT, voc_base
 
-__all__ = ["read_voc"]
+__all__ = ["VocObject", "parse_voc_xml", "read_voc", "voc_labels", "voc_records"]
+
+VocObject = tuple[str, bool, tuple[float, float, float, float]]  # class name, difficult, (xmin, ymin, xmax, ymax)
 
 
 def read_voc(
@@ -62,47 +73,78 @@ def read_voc(
     if missing:
         raise DataError(f"{len(missing)} annotation file(s) listed in {split_file} are missing: {listing(missing)}")
 
-    label_of = {name: label for label, name in enumerate(class_names)}
-    parsed = [_parse_voc_xml(path) for path in xml_files]
-    unknown: dict[str, Path] = {}
-    for path, (_, _, _, objects) in zip(xml_files, parsed):
-        for name, _, _ in objects:
-            if name not in label_of:
-                unknown.setdefault(name, path)
-    if unknown:
-        found = "; ".join(f"{name!r} in {path}" for name, path in unknown.items())
-        raise DataError(f"VOC objects of classes not in class_names: {found}; class_names is {class_names}")
-
+    parsed = [parse_voc_xml(path) for path in xml_files]
+    label_of = voc_labels(xml_files, [objects for _, _, _, objects in parsed], class_names)
     paths = [base / "JPEGImages" / (file_name or f"{name}.jpg") for name, (file_name, _, _, _) in zip(names, parsed)]
     check_images_exist(split_file, base / "JPEGImages", [str(p.relative_to(base / "JPEGImages")) for p in paths])
     sizes = [
         (height, width) if height and width else image_size(path)
         for path, (_, height, width, _) in zip(paths, parsed)
     ]
-
-    objects = [(image_index, obj) for image_index, (_, _, _, objs) in enumerate(parsed) for obj in objs]
-    if not keep_difficult:
-        objects = [(i, obj) for i, obj in objects if not obj[1]]
-    rows = np.array([i for i, _ in objects], dtype=np.int64)
-    raw = np.array([box for _, (_, _, box) in objects], dtype=np.float64).reshape(-1, 4) - [1.0, 1.0, 0.0, 0.0]
-    size_array = np.array(sizes, dtype=np.float64).reshape(-1, 2)
-    boxes, keep = sanitize_boxes(raw, size_array[rows], base / "Annotations", split=split)
-    labels = np.array([label_of[name] for _, (name, _, _) in objects], dtype=np.int64)
-    iscrowd = np.array([int(difficult) for _, (_, difficult, _) in objects], dtype=np.int64)
-    per_image = group_by_image(np.where(keep, rows, -1), len(paths))
-    records = []
-    for image_id, (path, (height, width)) in enumerate(zip(paths, sizes)):
-        index = per_image[image_id]
-        box = boxes[index]
-        area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
-        records.append(detection_record(path, image_id, height, width, box, labels[index], iscrowd[index], area))
+    records = voc_records(
+        paths, [objects for _, _, _, objects in parsed], sizes, label_of, keep_difficult=keep_difficult,
+        source=base / "Annotations", split=split,
+    )
     return DetectionAnnotations(records, class_names, list(range(1, len(class_names) + 1)))
 
 
-VocObject = tuple[str, bool, tuple[float, float, float, float]]  # class name, difficult, (xmin, ymin, xmax, ymax)
+def voc_labels(
+    xml_files: Sequence[Path], objects: Sequence[Sequence[VocObject]], class_names: Sequence[str]
+) -> dict[str, int]:
+    """``class name -> label`` (its index in ``class_names``), after checking every object's class is one of them.
+
+    Raises:
+        DataError: the unknown classes, each with the first file naming it, and ``class_names``.
+    """
+    label_of = {name: label for label, name in enumerate(class_names)}
+    unknown: dict[str, Path] = {}
+    for path, objs in zip(xml_files, objects):
+        for name, _, _ in objs:
+            if name not in label_of:
+                unknown.setdefault(name, path)
+    if unknown:
+        found = "; ".join(f"{name!r} in {path}" for name, path in unknown.items())
+        raise DataError(f"VOC objects of classes not in class_names: {found}; class_names is {list(class_names)}")
+    return label_of
 
 
-def _parse_voc_xml(path: Path) -> tuple[str | None, int, int, list[VocObject]]:
+def voc_records(
+    paths: Sequence[Path],
+    objects: Sequence[Sequence[VocObject]],
+    sizes: Sequence[tuple[int, int]],
+    label_of: dict[str, int],
+    *,
+    keep_difficult: bool,
+    source: Path,
+    split: str | None = None,
+    image_ids: Sequence[int] | None = None,
+) -> list[DetectionRecord]:
+    """One record per image ``paths[i]`` of ``sizes[i]`` = (height, width) with its VOC ``objects[i]``.
+
+    VOC boxes are 1-based and inclusive: ``xmin - 1, ymin - 1, xmax, ymax`` in continuous pixels. Boxes
+    partly outside their image are clipped, degenerate ones dropped (one warning naming ``source`` and
+    ``split``); ``difficult`` objects become ``iscrowd=1`` or are dropped (``keep_difficult=False``).
+    ``area`` is the clipped box's; ``image_id`` is ``image_ids[i]`` (default ``i``).
+    """
+    flat = [(row, obj) for row, objs in enumerate(objects) for obj in objs if keep_difficult or not obj[1]]
+    rows = np.array([row for row, _ in flat], dtype=np.int64)
+    raw = np.array([box for _, (_, _, box) in flat], dtype=np.float64).reshape(-1, 4) - [1.0, 1.0, 0.0, 0.0]
+    size_array = np.array(sizes, dtype=np.float64).reshape(-1, 2)
+    boxes, keep = sanitize_boxes(raw, size_array[rows], source, split=split)
+    labels = np.array([label_of[name] for _, (name, _, _) in flat], dtype=np.int64)
+    iscrowd = np.array([int(difficult) for _, (_, difficult, _) in flat], dtype=np.int64)
+    per_image = group_by_image(np.where(keep, rows, -1), len(paths))
+    records = []
+    for row, (path, (height, width)) in enumerate(zip(paths, sizes)):
+        index = per_image[row]
+        box = boxes[index]
+        area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
+        image_id = row if image_ids is None else image_ids[row]
+        records.append(detection_record(path, image_id, height, width, box, labels[index], iscrowd[index], area))
+    return records
+
+
+def parse_voc_xml(path: Path) -> tuple[str | None, int, int, list[VocObject]]:
     """``(filename or None, height or 0, width or 0, objects)`` of one VOC annotation file."""
     # xml.etree, since defusedxml is not a dependency: Python's expat (>= 2.4.1, bundled since 3.7.1)
     # refuses entity-expansion bombs, and ElementTree does not fetch external entities.

@@ -1,4 +1,5 @@
-"""Object detection data modules: COCO JSON and Pascal VOC XML datasets, and the synthetic shapes.
+"""Object detection data modules: COCO JSON and Pascal VOC XML datasets, and the synthetic shapes (a flat
+VOC folder and YOLO txt: :mod:`.detection_custom`, on :class:`ConvertedDetectionDataModule`).
 
 The readers (:func:`~vision_tasks.data.formats.coco.read_coco`,
 :func:`~vision_tasks.data.formats.voc_xml.read_voc`) check what they read before training; both
@@ -32,7 +33,12 @@ from ..synthetic.detection import generate_detection
 from ..transforms.detection import detection_eval_transform, detection_train_transform
 from .base import GeneratedData, SplitDataModule
 
-__all__ = ["CocoDetectionDataModule", "SyntheticDetectionDataModule", "VOCDetectionDataModule"]
+__all__ = [
+    "CocoDetectionDataModule",
+    "ConvertedDetectionDataModule",
+    "SyntheticDetectionDataModule",
+    "VOCDetectionDataModule",
+]
 
 
 class _DetectionDataModule(SplitDataModule):
@@ -103,6 +109,48 @@ class _DetectionDataModule(SplitDataModule):
             )
         self._categories = found
         return DetectionDataset(annotations.records, transform)
+
+
+class ConvertedDetectionDataModule(_DetectionDataModule):
+    """Base of the data modules of a format other than COCO JSON: their val split, converted, for COCO evaluation.
+
+    Subclasses read the val split with :meth:`_read_val_split` and name the cached file with
+    :meth:`_coco_cache_name`; ``val_annotation_file`` (after ``setup``) is that split as a COCO JSON file,
+    written on first access under :func:`~vision_tasks.data.common.default_data_dir` (never into the
+    dataset; nothing in training needs it, so ``setup`` writes nothing).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._val_annotations: DetectionAnnotations | None = None
+        self._val_annotation_file: Path | None = None
+
+    def _read_val_split(self) -> DetectionAnnotations:
+        raise NotImplementedError
+
+    def _coco_cache_name(self) -> str:
+        """The start of the cached file's name (its content's digest follows)."""
+        raise NotImplementedError
+
+    def _read_val(self) -> DetectionAnnotations:
+        self._val_annotations = self._read_val_split()
+        self._val_annotation_file = None  # written from these annotations when first asked for
+        return self._val_annotations
+
+    @property
+    def val_annotation_file(self) -> Path:
+        """The val split as a COCO JSON file in the cache folder (after :meth:`setup`).
+
+        Written on first access only (see :func:`_write_coco_cache`), then the same path is returned.
+        """
+        if self._val_annotation_file is None:
+            if self._val_annotations is None:
+                raise RuntimeError(
+                    f"{type(self).__name__}.val_annotation_file is written from the val split that setup() reads; "
+                    "call dm.setup() first"
+                )
+            self._val_annotation_file = _write_coco_cache(self._val_annotations, self._coco_cache_name())
+        return self._val_annotation_file
 
 
 class CocoDetectionDataModule(_DetectionDataModule):
@@ -238,7 +286,7 @@ class SyntheticDetectionDataModule(GeneratedData, CocoDetectionDataModule):
         return list(SHAPES), list(range(1, len(SHAPES) + 1))
 
 
-class VOCDetectionDataModule(_DetectionDataModule):
+class VOCDetectionDataModule(ConvertedDetectionDataModule):
     """Train/val loaders over Pascal VOC detection splits (``root/VOC<year>/...``, see :func:`read_voc`).
 
     The usual protocol is the default: train on VOC2007 trainval + VOC2012 trainval, evaluate on
@@ -290,8 +338,6 @@ class VOCDetectionDataModule(_DetectionDataModule):
         self.val_set = self._year_split(val_set, "val_set")
         self.requested_classes = [str(name) for name in (VOC_CLASSES if class_names is None else class_names)]
         self.keep_difficult = bool(keep_difficult)
-        self._val_annotations: DetectionAnnotations | None = None
-        self._val_annotation_file: Path | None = None
 
     @staticmethod
     def _year_split(pair: Sequence[str], name: str) -> tuple[str, str]:
@@ -310,29 +356,14 @@ class VOCDetectionDataModule(_DetectionDataModule):
         records = [dataclasses.replace(record, image_id=i) for i, record in enumerate(records)]
         return DetectionAnnotations(records, parts[0].class_names, parts[0].category_ids)
 
-    def _read_val(self) -> DetectionAnnotations:
-        self._val_annotations = self._read(*self.val_set)
-        self._val_annotation_file = None  # written from these annotations when first asked for
-        return self._val_annotations
+    def _read_val_split(self) -> DetectionAnnotations:
+        return self._read(*self.val_set)
+
+    def _coco_cache_name(self) -> str:
+        return f"VOC{self.val_set[0]}-{self.val_set[1]}"
 
     def _peek_categories(self) -> tuple[list[str], list[int]]:
         return list(self.requested_classes), list(range(1, len(self.requested_classes) + 1))
-
-    @property
-    def val_annotation_file(self) -> Path:
-        """The val split as a COCO JSON file in the cache folder (after :meth:`setup`).
-
-        Written on first access only (see :func:`_write_coco_cache`), then the same path is returned.
-        """
-        if self._val_annotation_file is None:
-            if self._val_annotations is None:
-                raise RuntimeError(
-                    f"{type(self).__name__}.val_annotation_file is written from the val split that setup() reads; "
-                    "call dm.setup() first"
-                )
-            name = f"VOC{self.val_set[0]}-{self.val_set[1]}"
-            self._val_annotation_file = _write_coco_cache(self._val_annotations, name)
-        return self._val_annotation_file
 
 
 def _write_coco_cache(annotations: DetectionAnnotations, name: str) -> Path:
