@@ -4,6 +4,7 @@ segmentation padded and cropped back in one place, and the weights' record decid
 from __future__ import annotations
 
 import albumentations as A
+from PIL import Image
 import numpy as np
 import pytest
 import torch
@@ -179,3 +180,25 @@ def test_checkpoints_and_records_of_the_first_wave_still_load(tmp_path):
                                                "input_size": 224, "padding": "tf_same"}}))
     model, info = model_from_weights(tmp_path / "old.safetensors")
     assert info.padding == "tf_same" and info.input_size == 224 and model.config["mean"] == [0.5] * 3
+
+
+def test_drawings_show_each_object_once_and_name_the_mask_colours():
+    from vision_tasks.predict import draw_detections, draw_legend
+
+    image = np.zeros((120, 160, 3), dtype=np.uint8)
+    detection = {"boxes": torch.tensor([[10.0, 10, 60, 60], [11, 11, 61, 61], [80, 20, 150, 100], [0, 0, 5, 5]]),
+                 "scores": torch.tensor([0.9, 0.6, 0.8, 0.1]), "labels": torch.tensor([0, 1, 1, 0])}
+    drawn = np.asarray(draw_detections(image, detection, ["cat", "dog"], score_thresh=0.3))
+    assert drawn.shape == image.shape
+    colours = {tuple(c) for c in drawn.reshape(-1, 3).tolist()} - {(0, 0, 0)}
+    # the second box (dog on the cat, IoU 0.92) is left out: the cat's colour and the far dog's are drawn
+    from vision_tasks.predict import _palette
+
+    cat, dog = _palette(2)
+    assert {cat, dog} <= colours
+    assert not (drawn[:, :75] == dog).all(axis=-1).any()  # no dog box on the cat: one caption per object
+    assert not drawn[:8, :8].any()  # the box scoring 0.1 is not drawn
+    legend = draw_legend(Image.fromarray(image), [("person", (192, 128, 128), 0.25), ("car", (64, 128, 128), 0.004)])
+    assert legend.width == 160 and legend.height > 120
+    below = np.asarray(legend)[120:]
+    assert (below == [192, 128, 128]).all(axis=-1).any() and (below == [64, 128, 128]).all(axis=-1).any()

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from torch import nn
+from torchvision.ops import nms
 from torchvision.utils import draw_bounding_boxes
 from tqdm import tqdm
 
@@ -30,7 +31,7 @@ from .models import MF_SCALES, describe_weights, model_from_weights
 
 log = logging.getLogger(__name__)
 
-__all__ = ["predict", "list_images", "draw_detections", "mask_image", "overlay_mask"]
+__all__ = ["predict", "list_images", "draw_detections", "draw_legend", "mask_image", "overlay_mask"]
 
 
 def list_images(source: str | Path) -> list[Path]:
@@ -66,27 +67,79 @@ def _apply(transform: Callable[..., dict[str, Any]], image: np.ndarray) -> torch
     return transform(image=image, **extra)["image"]
 
 
+def _font(image_height: int) -> tuple[str, int]:
+    """A TrueType font that ships with matplotlib (a dependency) and a size readable at this image height."""
+    from matplotlib import font_manager
+
+    return font_manager.findfont("DejaVu Sans"), max(11, round(image_height / 32))
+
+
 def draw_detections(
-    image: np.ndarray, detection: dict[str, torch.Tensor], class_names: list[str], score_thresh: float = 0.3
+    image: np.ndarray,
+    detection: dict[str, torch.Tensor],
+    class_names: list[str],
+    score_thresh: float = 0.3,
+    overlap: float = 0.7,
 ) -> Image.Image:
-    """Draw the boxes scoring at least ``score_thresh`` with "name score" captions (torchvision's drawing utility)."""
+    """Draw the boxes scoring at least ``score_thresh`` with "name score" captions (torchvision's drawing utility).
+
+    Per-class NMS keeps one box per class, so one object may carry two classes' boxes; the picture shows each
+    object once, with its best class: among the drawn boxes, one overlapping a higher-scoring box by more than
+    ``overlap`` IoU is left out (``torchvision.ops.nms``). ``predictions.json`` keeps every detection.
+    """
     keep = detection["scores"] >= score_thresh
     boxes, scores, labels = detection["boxes"][keep], detection["scores"][keep], detection["labels"][keep]
+    keep = nms(boxes.float(), scores.float(), overlap)
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     captions = [f"{class_names[int(l)]} {float(s):.2f}" for l, s in zip(labels, scores)]
     palette = _palette(len(class_names))
     canvas = torch.from_numpy(image).permute(2, 0, 1).contiguous()
-    width = max(1, round(max(image.shape[:2]) / 200))
-    drawn = draw_bounding_boxes(canvas, boxes, labels=captions, colors=[palette[int(l)] for l in labels], width=width)
+    width = max(2, round(max(image.shape[:2]) / 250))
+    font, size = _font(image.shape[0])
+    drawn = draw_bounding_boxes(canvas, boxes, labels=captions, colors=[palette[int(l)] for l in labels], width=width,
+                                font=font, font_size=size, fill_labels=True, label_colors="white")
     return Image.fromarray(drawn.permute(1, 2, 0).numpy())
 
 
 def _draw_label(image: np.ndarray, text: str) -> Image.Image:
     img = Image.fromarray(image)
     draw = ImageDraw.Draw(img)
-    left, top, right, bottom = draw.textbbox((4, 4), text)
-    draw.rectangle((left - 2, top - 2, right + 2, bottom + 2), fill=(0, 0, 0))
-    draw.text((4, 4), text, fill=(255, 255, 255))
+    path, size = _font(image.shape[0])
+    font = ImageFont.truetype(path, size)
+    left, top, right, bottom = draw.textbbox((6, 6), text, font=font)
+    draw.rectangle((left - 4, top - 4, right + 4, bottom + 4), fill=(0, 0, 0))
+    draw.text((6, 6), text, fill=(255, 255, 255), font=font)
     return img
+
+
+def draw_legend(image: Image.Image, entries: list[tuple[str, tuple[int, int, int], float]]) -> Image.Image:
+    """``image`` with a legend below it: a colour swatch, the class name and its share of the image, per entry."""
+    if not entries:
+        return image
+    path, size = _font(image.height)
+    font = ImageFont.truetype(path, size)
+    pad, swatch = size // 2, size
+    texts = [f"{name} {share:.0%}" if share >= 0.01 else f"{name} <1%" for name, _, share in entries]
+    widths = [font.getbbox(text)[2] + swatch + 3 * pad for text in texts]
+    rows, row, used = [], [], 0
+    for (_, colour, _), text, w in zip(entries, texts, widths):  # wrapped over as many rows as the width needs
+        if row and used + w > image.width:
+            rows.append(row)
+            row, used = [], 0
+        row.append(((text, colour), w))
+        used += w
+    rows.append(row)
+    line = swatch + 2 * pad
+    canvas = Image.new("RGB", (image.width, image.height + line * len(rows)), (255, 255, 255))
+    canvas.paste(image, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for r, items in enumerate(rows):
+        x, y = pad, image.height + r * line + pad
+        for (text, colour), w in items:
+            draw.rectangle((x, y, x + swatch, y + swatch), fill=tuple(int(c) for c in colour), outline=(0, 0, 0))
+            draw.text((x + swatch + pad, y + swatch // 2), text, fill=(0, 0, 0), font=font, anchor="lm")
+            x += w
+    return canvas
 
 
 def _palette(n: int) -> list[tuple[int, int, int]]:
@@ -134,7 +187,11 @@ def _segmentation(model: nn.Module, batch: torch.Tensor, images: list[np.ndarray
         mask = image_logits.argmax(dim=0).numpy()
         counts = np.bincount(mask.ravel(), minlength=len(names))
         present = {names[i]: round(float(counts[i]) / mask.size, 5) for i in np.flatnonzero(counts)}
-        yield {"class_fractions": present}, (overlay_mask(image, mask, colormap), mask_image(mask, colormap))
+        legend = [(names[i], colormap[i], counts[i] / mask.size) for i in np.argsort(-counts) if counts[i] and i > 0]
+        if counts[0]:  # class 0 is left uncoloured: a blank swatch, last, so that the legend is never empty
+            legend.append((names[0], (255, 255, 255), counts[0] / mask.size))
+        drawn = draw_legend(overlay_mask(image, mask, colormap), legend)  # each colour of the overlay, named
+        yield {"class_fractions": present}, (drawn, mask_image(mask, colormap))
 
 
 def _model(cfg: DictConfig, task_name: str) -> tuple[nn.Module, list[str] | None]:
