@@ -343,6 +343,17 @@ class MobileNetV2(nn.Module):
             "SAME" padding computed from the input size at run time, for weights trained in TF (the
             TFLite releases, see :mod:`backbones.tflite`). The two differ only for stride-2 convs on
             even sizes, where "SAME" pads bottom / right only. Parameter names are the same.
+        min_depth: the fewest channels any layer gets: widths are ``make_divisible(c * width_mult,
+            round_nearest, min_depth)`` (TF-Slim's and the TF Object Detection API's ``min_depth``; the
+            expansions, ``t`` times a block's input, are never below it). ``None`` (default) is
+            ``round_nearest``, the paper's and torchvision's rule. The TF OD API's SSDLite configs use
+            16: at width 0.5 the first bottleneck then has 16 channels, not 8. Shortcuts stay those of the
+            network without ``min_depth`` (as in the OD API's Keras MobileNetV2: a block adds its input only
+            if the input's width equals the block's width before ``min_depth``), so that first bottleneck,
+            16 -> 16 channels at stride 1, still has none.
+        scale_last_conv: ``True`` applies ``width_mult`` to the last 1x1 conv below width 1 too (640
+            channels at 0.5; TF-Slim's ``finegrain_classification_mode=False``, the TF Object Detection
+            API's ``ssd_mobilenet_v2`` feature extractors). ``False`` (default) is the paper's rule above.
     """
 
     def __init__(
@@ -362,6 +373,8 @@ class MobileNetV2(nn.Module):
         in_channels: int = 3,
         padding: Padding = "symmetric",
         norm_layer: NormLayer = nn.BatchNorm2d,
+        min_depth: int | None = None,
+        scale_last_conv: bool = False,
     ) -> None:
         super().__init__()
         if freeze_bn:
@@ -378,6 +391,8 @@ class MobileNetV2(nn.Module):
             raise ValueError(f"width_mult must be positive, got {width_mult}")
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        if min_depth is not None and min_depth < 1:
+            raise ValueError(f"min_depth must be a positive channel count or None, got {min_depth}")
         setting = [tuple(row) for row in (inverted_residual_setting or TABLE2)]
         if not setting or any(len(row) != 4 for row in setting):
             raise ValueError("inverted_residual_setting must be a non-empty list of (t, c, n, s) rows")
@@ -389,6 +404,8 @@ class MobileNetV2(nn.Module):
         if unknown or not out_features:
             raise ValueError(f"unknown out_features {unknown or list(out_features)}; choose from {all_names}")
         self.width_mult = width_mult
+        self.min_depth = min_depth
+        self.scale_last_conv = scale_last_conv
         self.output_stride = output_stride
         self.out_features = tuple(out_features)
         self.freeze_bn = freeze_bn
@@ -396,12 +413,20 @@ class MobileNetV2(nn.Module):
         last_needed = max(int(name.split("_")[0][len("layer") :]) for name in self.out_features)
 
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum, norm_layer=norm_layer)
-        channels = make_divisible(STEM_CHANNELS * width_mult, round_nearest)
+
+        def width(c: float) -> int:
+            return make_divisible(c * width_mult, round_nearest, min_depth)
+
+        channels = width(STEM_CHANNELS)
         layers: list[nn.Module] = [ConvBNAct(in_channels, channels, 3, stride=2, padding=padding, **bn)]
         info = {"layer1": FeatureInfo("layer1", channels, 2)}
         current_stride, rate = 2, 1
         for t, c, n, s in setting:
-            out_channels = make_divisible(c * width_mult, round_nearest)
+            out_channels = width(c)
+            # With min_depth, a block adds its input only if that matches its width *before* min_depth raised it
+            # (the Keras MobileNetV2 under the TF OD API: ``in_channels == pointwise_filters``), so no shortcut
+            # appears where min_depth made two widths equal (the first bottleneck at 0.5: 16 -> 16, nominally 16 -> 8).
+            nominal = make_divisible(c * width_mult, round_nearest)
             t = t if t == 1 else expand_ratio
             for i in range(n):
                 if len(layers) >= last_needed:
@@ -417,14 +442,16 @@ class MobileNetV2(nn.Module):
                     block_rate, current_stride = rate, current_stride * stride
                 layers.append(
                     InvertedResidual(
-                        channels, out_channels, stride, t, block_rate, linear_bottleneck, shortcut,
+                        channels, out_channels, stride, t, block_rate, linear_bottleneck,
+                        shortcut if min_depth is None or channels == nominal else "none",
                         memory_efficient_splits if t != 1 else 1, **bn, padding=padding,
                     )
                 )
                 info[layer] = FeatureInfo(layer, out_channels, current_stride)
                 channels = out_channels
         if last_needed == num_blocks + 2:
-            last = make_divisible(LAST_CHANNELS * max(1.0, width_mult), round_nearest)
+            scale = width_mult if scale_last_conv else max(1.0, width_mult)  # the paper: never below 1280
+            last = make_divisible(LAST_CHANNELS * scale, round_nearest, min_depth)
             layers.append(ConvBNAct(channels, last, kernel_size=1, **bn))
             info[f"layer{len(layers)}"] = FeatureInfo(f"layer{len(layers)}", last, current_stride)
         absent = [name for name in self.out_features if name not in info]

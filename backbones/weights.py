@@ -36,7 +36,7 @@ from torch import nn
 
 from .mobilenet_v2 import TABLE2
 
-__all__ = ["LoadReport", "WeightsError", "load_weights", "read_state_dict", "timm_to_torchvision_keys"]
+__all__ = ["LoadReport", "WeightsError", "canonical_key", "load_weights", "read_state_dict", "timm_to_torchvision_keys"]
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
 _WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.")
@@ -202,7 +202,7 @@ def _from_timm(name: str, state: Mapping[str, torch.Tensor]) -> tuple[dict[str, 
     return {mapping[key]: value for key, value in state.items()}, renamed
 
 
-def _canonical(key: str) -> str:
+def canonical_key(key: str) -> str:
     """Our model keys in torchvision's naming: ``backbone.features.*`` -> ``features.*``, ``head.fc`` -> ``classifier.1``."""
     key = key.removeprefix("backbone.")
     return re.sub(r"^head\.fc\.", "classifier.1.", key)
@@ -240,14 +240,14 @@ def load_weights(
     if _is_timm_layout(state):
         state, file_names = _from_timm(name, state)
     target = module.state_dict()
-    target_by_canon = {_canonical(k): k for k in target}
+    target_by_canon = {canonical_key(k): k for k in target}
     num_layers = _num_feature_layers(target_by_canon)
     has_classifier = any(k.startswith("classifier.") for k in target_by_canon)
 
     new_state: dict[str, torch.Tensor] = {}
     unexpected, mismatched, ignored = [], [], []
     for key, value in state.items():
-        canon = _canonical(key)
+        canon = canonical_key(key)
         if canon in target_by_canon:
             model_key = target_by_canon[canon]
             if tuple(value.shape) != tuple(target[model_key].shape):

@@ -18,12 +18,12 @@ from typing import Literal, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
+from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, sigmoid_focal_loss
 
 __all__ = ["BoxCoder", "DefaultBoxGenerator", "SSDLoss", "match_anchors", "postprocess_detections"]
 
 AnchorLayout = Literal["tf", "torchvision"]
-Classification = Literal["softmax", "sigmoid"]
+Classification = Literal["softmax", "sigmoid", "sigmoid_focal"]
 
 # TF ssd_anchor_generator with reduce_boxes_in_lowest_layer: the first map's three (scale, ratio)
 # boxes, the first scale a fixed 0.1 rather than derived from min_scale.
@@ -31,8 +31,8 @@ _TF_LOWEST_LAYER_SCALE = 0.1
 
 
 def _check_classification(classification: str) -> None:
-    if classification not in ("softmax", "sigmoid"):
-        raise ValueError(f"classification must be 'softmax' or 'sigmoid', got {classification!r}")
+    if classification not in ("softmax", "sigmoid", "sigmoid_focal"):
+        raise ValueError(f"classification must be 'softmax', 'sigmoid' or 'sigmoid_focal', got {classification!r}")
 
 
 class DefaultBoxGenerator(nn.Module):
@@ -250,9 +250,15 @@ class SSDLoss(nn.Module):
         box_coder: the coder the regression outputs are trained for.
         neg_pos_ratio, min_negatives: hard-negative mining, see above.
         iou_threshold: matching threshold.
-        classification: ``"softmax"`` (cross-entropy over the ``C + 1`` logits, torchvision) or
+        classification: ``"softmax"`` (cross-entropy over the ``C + 1`` logits, torchvision),
             ``"sigmoid"`` (binary cross-entropy per logit against the one-hot target including the
-            background column, summed per anchor: the TF config's ``weighted_sigmoid``).
+            background column, summed per anchor: the TF config's ``weighted_sigmoid``) or
+            ``"sigmoid_focal"`` (``torchvision.ops.sigmoid_focal_loss`` with ``focal_alpha`` and
+            ``focal_gamma`` on the foreground columns, negatives all zeros as in RetinaNet, over every
+            anchor with no hard-negative mining: the TF config's ``weighted_sigmoid_focal``, which the
+            SSDLite 0.5 200x200 release was trained with; its background logit stays unused).
+        localization_per_coordinate: divide the localization loss by the code size 4 as well (TF
+            ``normalize_loc_loss_by_codesize``).
 
     ``forward(cls_logits (N, A, C+1), bbox_regression (N, A, 4), anchors (A, 4), targets)`` where
     each target has ``boxes`` (K, 4) ``xyxy`` pixels, ``labels`` (K,) int64 foreground classes
@@ -269,6 +275,9 @@ class SSDLoss(nn.Module):
         min_negatives: int = 3,
         iou_threshold: float = 0.5,
         classification: Classification = "softmax",
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        localization_per_coordinate: bool = False,
     ) -> None:
         super().__init__()
         _check_classification(classification)
@@ -279,6 +288,8 @@ class SSDLoss(nn.Module):
         self.min_negatives = min_negatives
         self.iou_threshold = iou_threshold
         self.classification = classification
+        self.focal_alpha, self.focal_gamma = float(focal_alpha), float(focal_gamma)
+        self.localization_per_coordinate = bool(localization_per_coordinate)
 
     def forward(
         self, cls_logits: Tensor, bbox_regression: Tensor, anchors: Tensor, targets: Sequence[dict[str, Tensor]]
@@ -303,7 +314,11 @@ class SSDLoss(nn.Module):
         normalizer = positive.sum().clamp(min=1).to(cls_logits.dtype)
 
         localization = F.smooth_l1_loss(torch.cat(pred_deltas), torch.cat(target_deltas), beta=1.0, reduction="sum")
+        if self.localization_per_coordinate:
+            localization = localization / 4
         per_anchor = self._per_anchor_classification(cls_logits, cls_target)
+        if self.classification == "sigmoid_focal":  # the focal term weighs the easy negatives down instead of mining
+            return {"classification": per_anchor.sum() / normalizer, "localization": localization / normalizer}
         selected = positive | self._hard_negatives(per_anchor.detach(), positive)
         return {"classification": per_anchor[selected].sum() / normalizer, "localization": localization / normalizer}
 
@@ -311,6 +326,11 @@ class SSDLoss(nn.Module):
         if self.classification == "softmax":
             return F.cross_entropy(cls_logits.flatten(0, 1), cls_target.flatten(), reduction="none").view_as(cls_target)
         one_hot = F.one_hot(cls_target, cls_logits.shape[-1]).to(cls_logits.dtype)
+        if self.classification == "sigmoid_focal":
+            # foreground columns only, as RetinaNet (torchvision's too): negatives are all zeros and the background
+            # column gets no gradient (the TF SSDLite release's stays near 0.003 on negatives: it was not trained to 1)
+            return sigmoid_focal_loss(cls_logits[..., 1:], one_hot[..., 1:], self.focal_alpha, self.focal_gamma,
+                                      reduction="none").sum(dim=-1)
         return F.binary_cross_entropy_with_logits(cls_logits, one_hot, reduction="none").sum(dim=-1)
 
     def _hard_negatives(self, loss: Tensor, positive: Tensor) -> Tensor:
@@ -345,7 +365,7 @@ def postprocess_detections(
     order, ``labels`` (D,) int64 foreground classes ``0..C-1``.
     """
     _check_classification(classification)
-    probs = cls_logits.softmax(dim=-1) if classification == "softmax" else cls_logits.sigmoid()
+    probs = cls_logits.softmax(dim=-1) if classification == "softmax" else cls_logits.sigmoid()  # both sigmoid losses
     scores = probs[..., 1:]  # (N, A, C)
     boxes = clip_boxes_to_image(box_coder.decode(bbox_regression, anchors), (int(image_size[0]), int(image_size[1])))
     num_anchors, num_classes = scores.shape[1:]

@@ -21,19 +21,19 @@ __all__ = ["EXTRA_DEPTHS", "SSDLiteHead"]
 EXTRA_DEPTHS: tuple[int, ...] = (512, 256, 256, 128)
 
 
-def _extra_block(in_channels: int, mid_channels: int, out_channels: int, bn: dict) -> nn.Sequential:
+def _extra_block(in_channels: int, mid_channels: int, out_channels: int, bn: dict, padding: str) -> nn.Sequential:
     """1x1 conv to ``mid``, 3x3 depthwise stride 2, 1x1 conv to ``out``; each with BN + ReLU6."""
     return nn.Sequential(
         ConvBNAct(in_channels, mid_channels, kernel_size=1, **bn),
-        ConvBNAct(mid_channels, mid_channels, kernel_size=3, stride=2, groups=mid_channels, **bn),
+        ConvBNAct(mid_channels, mid_channels, kernel_size=3, stride=2, groups=mid_channels, padding=padding, **bn),
         ConvBNAct(mid_channels, out_channels, kernel_size=1, **bn),
     )
 
 
-def _prediction_block(in_channels: int, out_channels: int, bn: dict) -> nn.Sequential:
+def _prediction_block(in_channels: int, out_channels: int, bn: dict, padding: str) -> nn.Sequential:
     """3x3 depthwise conv with BN + ReLU6, then a 1x1 conv with bias to the predictions."""
     return nn.Sequential(
-        ConvBNAct(in_channels, in_channels, kernel_size=3, groups=in_channels, **bn),
+        ConvBNAct(in_channels, in_channels, kernel_size=3, groups=in_channels, padding=padding, **bn),
         nn.Conv2d(in_channels, out_channels, kernel_size=1),
     )
 
@@ -64,6 +64,9 @@ class SSDLiteHead(nn.Module):
         extra_depths: output depths of the extra blocks (TF: 512, 256, 256, 128).
         width_mult, min_depth: depth multiplier and floor of the extra blocks.
         bn_eps, bn_momentum: BatchNorm settings (torchvision's ssdlite: 1e-3, 0.03).
+        padding: of the 3x3 convs, ``"symmetric"`` (default) or ``"tf_same"`` (TensorFlow "SAME", for
+            TF-trained heads: the stride-2 extra layers on even sizes pad bottom / right only, e.g.
+            4x4 -> 2x2 and 2x2 -> 1x1 at a 200x200 input; see :class:`backbones.mobilenet_v2.ConvBNAct`).
 
     ``forward(features)`` takes the backbone maps in ``in_channels`` order and returns
     ``(cls_logits (N, A, num_classes), bbox_regression (N, A, 4), feature_sizes)``, where
@@ -80,6 +83,7 @@ class SSDLiteHead(nn.Module):
         min_depth: int = 16,
         bn_eps: float = 1e-3,
         bn_momentum: float = 0.03,
+        padding: str = "symmetric",
     ) -> None:
         super().__init__()
         if not in_channels:
@@ -100,13 +104,15 @@ class SSDLiteHead(nn.Module):
         channels = self.in_channels[-1]
         map_channels = list(self.in_channels)
         for d in extra_depths:
-            self.extras.append(_extra_block(channels, depth(d // 2), depth(d), bn))
+            self.extras.append(_extra_block(channels, depth(d // 2), depth(d), bn, padding))
             channels = depth(d)
             map_channels.append(channels)
         self.classification_head = nn.ModuleList(
-            _prediction_block(c, a * num_classes, bn) for c, a in zip(map_channels, num_anchors)
+            _prediction_block(c, a * num_classes, bn, padding) for c, a in zip(map_channels, num_anchors)
         )
-        self.regression_head = nn.ModuleList(_prediction_block(c, a * 4, bn) for c, a in zip(map_channels, num_anchors))
+        self.regression_head = nn.ModuleList(
+            _prediction_block(c, a * 4, bn, padding) for c, a in zip(map_channels, num_anchors)
+        )
         self._init_weights()
 
     def _init_weights(self) -> None:

@@ -91,6 +91,54 @@ def test_channel_widths_follow_paper_table(width):
     assert [feats[name].shape[1] for name in STAGE_TAPS] == PAPER_WIDTHS[width]
 
 
+# TF Object Detection API widths (min_depth 16, last conv scaled by the width): STAGE_TAPS, then layer15_expand.
+TF_OD_WIDTHS = {
+    0.5: [16, 16, 16, 16, 32, 48, 80, 160, 640, 288],  # shared/weights README: head inputs 288 and 640
+    0.35: [16, 16, 16, 16, 24, 32, 56, 112, 448, 192],
+}
+
+
+@pytest.mark.parametrize("width", sorted(TF_OD_WIDTHS))
+def test_min_depth_and_scaled_last_conv(width):
+    net = create_backbone("mobilenet_v2", width_mult=width, min_depth=16, scale_last_conv=True,
+                          out_features=(*STAGE_TAPS, "layer15_expand")).eval()
+    assert [fi.channels for fi in net.feature_info] == TF_OD_WIDTHS[width]
+    with torch.no_grad():
+        feats = net(torch.randn(1, 3, 64, 64))
+    assert [feats[fi.name].shape[1] for fi in net.feature_info] == TF_OD_WIDTHS[width]
+    # each alone: min_depth keeps the last conv at 1280, the scaled last conv keeps the 8-channel layers
+    alone = create_backbone("mobilenet_v2", width_mult=width, min_depth=16, out_features=STAGE_TAPS)
+    assert [fi.channels for fi in alone.feature_info] == TF_OD_WIDTHS[width][:8] + [1280]
+    scaled = create_backbone("mobilenet_v2", width_mult=width, scale_last_conv=True, out_features=STAGE_TAPS)
+    assert [fi.channels for fi in scaled.feature_info] == PAPER_WIDTHS[width][:8] + TF_OD_WIDTHS[width][8:9]
+
+
+def test_min_depth_adds_no_shortcut():
+    """min_depth widens layers but keeps the network's shortcuts (the OD API's Keras MobileNetV2): at width 0.5
+    the first bottleneck goes 16 -> 16 at stride 1 and still adds nothing."""
+    net = create_backbone("mobilenet_v2", width_mult=0.5, min_depth=16)
+    first = blocks(net)[2]
+    assert (first.in_channels, first.out_channels, first.stride) == (16, 16, 1) and not first.use_res_connect
+    assert [n for n, b in blocks(net).items() if b.use_res_connect] == RESIDUAL_LAYERS
+
+
+def test_min_depth_and_last_conv_defaults_unchanged():
+    """The defaults are the paper's (and torchvision's): min_depth = the channel rounding, last conv 1280 below
+    width 1; the 1000-class classifier at width 1.0 keeps torchvision's 3,504,872 parameters."""
+    assert count_params(mobilenet_v2_classifier()) == 3_504_872
+    for width in (0.35, 0.5, 1.0, 1.4):
+        default = create_backbone("mobilenet_v2", width_mult=width, out_features=STAGE_TAPS)
+        explicit = create_backbone("mobilenet_v2", width_mult=width, out_features=STAGE_TAPS, min_depth=8,
+                                   scale_last_conv=False)
+        assert [fi.channels for fi in default.feature_info] == [fi.channels for fi in explicit.feature_info] \
+            == PAPER_WIDTHS[width]
+        assert [n for n, b in blocks(default).items() if b.use_res_connect] == RESIDUAL_LAYERS
+    # above width 1 the last conv grows either way
+    assert create_backbone("mobilenet_v2", width_mult=1.4, scale_last_conv=True).feature_info[-1].channels == 1792
+    with pytest.raises(ValueError, match="min_depth"):
+        create_backbone("mobilenet_v2", min_depth=0)
+
+
 # ------------------------------------------------------------------------------------------------
 # output stride (TF-Slim / DeepLab dilation convention)
 

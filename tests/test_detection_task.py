@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from vision_tasks.data import SyntheticDetectionDataModule, detection_collate
 from vision_tasks.models import scale_boxes, ssdlite_mobilenet_v2
 from vision_tasks.tasks import DetectionTask
+from vision_tasks.tasks.detection import detection_label_map
 
 
 class ScriptedDetector(nn.Module):
@@ -107,6 +108,40 @@ def test_crowd_boxes_are_ignored_as_coco_does():
     assert metrics["val/map"] == pytest.approx(1.0)
 
 
+def test_label_map_relates_a_models_labels_to_the_datasets():
+    # a model with the category ids 1..5 (id 2 unused by the dataset), a dataset with the ids 5, 1, 3, 4 (and 7)
+    assert detection_label_map([1, 2, 3, 4, 5], [5, 1, 3, 4, 7]) == [1, -1, 2, 3, 0]
+    assert detection_label_map(["cat", "N/A", "dog"], ["dog", "cat"]) == [1, -1, 0]
+    with pytest.raises(ValueError, match="no category in common"):
+        detection_label_map([1, 2], [3, 4])
+    with pytest.raises(ValueError, match="repeat"):
+        detection_label_map(["a"], ["a", "a"])
+
+
+def test_detections_of_a_model_with_other_labels_are_mapped_and_dropped(tmp_path):
+    """A model with 4 labels (category ids 5, 3, 9, 11) on a dataset of 2 (ids 3, 11): its labels 1 and 3 are the
+    dataset's 0 and 1, its labels 0 and 2 have no counterpart, so their detections are dropped before the metric
+    and detections.json; the loss sees the ground truth in the model's labels."""
+    images = torch.zeros(2, 3, 100, 100)
+    targets = [_target([[10, 10, 50, 50]], [0], (200, 200), 7), _target([[20, 30, 90, 80]], [1], (200, 200), 9)]
+    dets = [_det([[10, 10, 50, 50], [60, 60, 90, 90]], [0.9, 0.95], [1, 0]),
+            _det([[20, 30, 90, 80], [0, 0, 30, 30]], [0.8, 0.99], [3, 2])]
+    model = ScriptedDetector([dets], num_classes=4)
+    seen = []
+    model.loss = lambda head_out, targets: seen.extend(t["labels"].tolist() for t in targets) or {
+        "classification": model.weight * 0, "localization": model.weight * 0}
+    task = DetectionTask(model, label_map=detection_label_map([5, 3, 9, 11], [3, 11]))
+    task.keep_results = True
+    task.category_ids = [3, 11]
+    metrics = _validate(task, [(images, targets)])
+    assert metrics["val/map"] == pytest.approx(1.0)  # the unmapped detections (scores 0.95, 0.99) are not false positives
+    assert seen == [[1], [3]]
+    results = json.loads(task.export_results(tmp_path).read_text())
+    assert [(r["image_id"], r["category_id"]) for r in results] == [(7, 3), (9, 11)]
+    with pytest.raises(ValueError, match="label_map"):
+        DetectionTask(ScriptedDetector([], num_classes=4), label_map=[0, 1])
+
+
 def _noisy_detections(datamodule, seed: int = 0):
     """Ground truth jittered, with random scores and some false positives and misses: an mAP in between."""
     g = torch.Generator().manual_seed(seed)
@@ -178,3 +213,24 @@ def test_ssdlite_overfits_a_handful_of_synthetic_images(tmp_path, one_thread):
         model.forward_head(images)
     metrics = _validate(task, [(images, targets)])
     assert metrics["val/map_50"] >= 0.8, metrics
+
+
+def test_sigmoid_focal_loss_is_torchvisions_over_every_anchor():
+    """classification="sigmoid_focal" (the TF SSDLite release's weighted_sigmoid_focal): torchvision's focal loss
+    on the foreground columns of every anchor (RetinaNet's targets), no mining, divided by the matches;
+    localization_per_coordinate divides the box loss by 4 as well."""
+    from torchvision.ops import sigmoid_focal_loss
+
+    from heads import BoxCoder, SSDLoss
+
+    torch.manual_seed(0)
+    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 40.0, 40.0], [50.0, 0.0, 60.0, 10.0]])
+    logits, regression = torch.randn(1, 3, 3), torch.randn(1, 3, 4)
+    targets = [{"boxes": torch.tensor([[20.0, 20.0, 40.0, 40.0]]), "labels": torch.tensor([1])}]
+    loss = SSDLoss(BoxCoder(), classification="sigmoid_focal", focal_alpha=0.75, focal_gamma=2.0,
+                   localization_per_coordinate=True)(logits, regression, anchors, targets)
+    one_hot = torch.tensor([[[0.0, 0], [0, 1], [0, 0]]])  # foreground columns: negatives all zeros, background unused
+    expected = sigmoid_focal_loss(logits[..., 1:], one_hot, alpha=0.75, gamma=2.0, reduction="sum")  # one match
+    torch.testing.assert_close(loss["classification"], expected)
+    plain = SSDLoss(BoxCoder(), classification="sigmoid_focal")(logits, regression, anchors, targets)
+    torch.testing.assert_close(loss["localization"], plain["localization"] / 4)

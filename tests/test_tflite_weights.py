@@ -7,6 +7,7 @@ sibling ``../shared/weights``; they skip with a reason when either is absent.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import shutil
 from pathlib import Path
@@ -18,11 +19,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from backbones import MobileNetV2, WeightsError
+from backbones import MobileNetV2, WeightsError, load_weights
 from backbones.mobilenet_v2 import Conv2dSame
 from backbones.tflite import load_tflite, read_tflite
-from vision_tasks.models import deeplabv3_mobilenet_v2, mobilenet_v2_classifier
-from conftest import assert_unchanged, snapshot
+from vision_tasks.models import (deeplabv3_mobilenet_v2, describe_weights, mobilenet_v2_classifier, model_from_weights,
+                                 ssdlite_mobilenet_v2)
+from conftest import assert_unchanged, load_tool, snapshot
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,6 +38,11 @@ LABELLED = {"cat.bmp": 286, "bird.bmp": 20, "grace_hopper.bmp": 653, "parrot.jpg
 needs_tflite = pytest.mark.skipif(
     importlib.util.find_spec("ai_edge_litert") is None or not (CLASSIFIER.is_file() and DEEPLAB.is_file()),
     reason=f"needs ai_edge_litert (pip install 'vision-tasks[tflite]') and the TFLite releases in {WEIGHTS}",
+)
+SSDLITE = WEIGHTS / "ssdlite_mobilenet_v2_coco_0.5_200x200.tflite"
+needs_ssdlite = pytest.mark.skipif(
+    importlib.util.find_spec("ai_edge_litert") is None or not SSDLITE.is_file(),
+    reason=f"needs ai_edge_litert (pip install 'vision-tasks[tflite]') and {SSDLITE}",
 )
 
 
@@ -223,3 +230,186 @@ def test_refuses_other_graphs(monkeypatch):
     monkeypatch.setattr(Interpreter, "get_tensor", narrower)
     with pytest.raises(WeightsError, match=r"conv 11 \(features.4.conv.2\)"):
         read_tflite(CLASSIFIER)
+
+
+# ------------------------------------------------------------------------------------------------
+# SSDLite release of the TF Object Detection API (SSDLite + MobileNetV2 0.5, 200x200, COCO 90 classes)
+
+
+@needs_ssdlite
+def test_ssdlite_release_reads_loads_strictly_and_describes_itself():
+    state, info = read_tflite(SSDLITE)
+    assert (info["kind"], info["num_classes"], info["width_mult"], info["input_size"]) == ("ssdlite", 90, 0.5, (200, 200))
+    assert (info["min_depth"], info["scale_last_conv"], info["num_convs"]) == (16, True, 88)
+    assert info["feature_sizes"] == [(13, 13), (7, 7), (4, 4), (2, 2), (1, 1), (1, 1)]
+    assert info["num_anchors_per_location"] == [3, 6, 6, 6, 6, 6]
+    model = ssdlite_mobilenet_v2(**info["model_kwargs"])
+    # shared/weights/README.md: head inputs 288 (layer-15 expansion) and 640, extra layers of 256, 128, 128, 64
+    assert [fi.channels for fi in model.backbone.feature_info] == [288, 640]
+    assert [block[-1][0].out_channels for block in model.head.extras] == [256, 128, 128, 64]
+    assert model.head.classification_head[0][1].out_channels == 3 * 91
+    report = load_weights(model, SSDLITE)  # strict: every tensor of the model from the file, nothing left over
+    assert not (report.missing or report.unexpected or report.mismatched or report.ignored)
+    assert len(report.loaded) == len(state)
+
+    record = describe_weights(SSDLITE)
+    assert (record.task, record.model_class, record.input_size, record.padding) == (
+        "detection", "SSDLiteMobileNetV2", 200, "tf_same")
+    config = record.model_config
+    assert config["category_ids"] == list(range(1, 91))  # output i = label-map id i + 1 = COCO category id
+    assert record.class_names[:3] == ["person", "bicycle", "car"] and record.class_names[11] == "N/A"  # id 12
+    assert (config["score_thresh"], config["nms_thresh"], config["detections_per_img"]) == (1e-8, 0.6, 100)
+    assert (config["classification_loss"], config["head_padding"], config["mean"]) == ("sigmoid_focal", "tf_same", [0.5] * 3)
+    # the pipeline config's training loss, so that fine-tuning keeps the release's objective
+    assert (config["focal_alpha"], config["focal_gamma"], config["localization_per_coordinate"]) == (0.75, 2.0, True)
+    assert record.metrics["coco128_val_map_interpreter"] == 0.175
+
+
+@needs_ssdlite
+def test_ssdlite_anchors_are_the_files():
+    """The file feeds TF's anchors (ycenter, xcenter, h, w in [0, 1]) to its post-processing operator as a constant:
+    ours at 200x200 are the same 933 boxes. TF computes them in float32, we in float64 rounded once: they agree
+    to one float32 ulp (2.4e-7 for the sides between 1 and 2); a wrong setting (aspect ratio 1/3 where the config
+    says 0.3333) is off by 8e-5."""
+    _, info = read_tflite(SSDLITE)
+    model = model_from_weights(SSDLITE)[0].eval()
+    with torch.no_grad():
+        anchors = model.forward_head(torch.zeros(1, 3, 200, 200))["anchors"]
+    from torchvision.ops import box_convert
+
+    ours = box_convert(anchors.double() / 200, "xyxy", "cxcywh")[:, [1, 0, 3, 2]].float()
+    assert ours.shape == info["anchors"].shape == (933, 4)
+    torch.testing.assert_close(ours, info["anchors"], rtol=0, atol=2.5e-7)
+
+
+@needs_ssdlite
+def test_ssdlite_raw_outputs_match_interpreter():
+    """The 91 class logits and the box encodings of every anchor, ours (float) against the int8 interpreter's.
+
+    Tolerance, from int8 noise: fed the interpreter's own input, each of our 88 convs reproduces its int8 output
+    to half a quantization step (rounding). End to end, the rounding of some 70 requantized activations
+    accumulates: on these two photos our logits differ by at most 0.30 (6 int8 steps of the logit tensor, 0.050)
+    and the box codes by 0.87 (10 steps of 0.086); a simulation that rounds each of our activations onto the
+    file's own int8 grid differs from the interpreter as much (0.30 / 0.68), so this is int8 noise, not a port
+    error. The bounds below leave room (10 and 14 steps); the port errors fall far outside them: symmetric
+    padding in the backbone or the head, or a shortcut in the first bottleneck, give logit differences of 2.2-6.
+    """
+    runner = load_tool("tflite_parity").DetectorRunner(SSDLITE)
+    model = model_from_weights(SSDLITE)[0].eval()
+    for name in ("bird_segmentation.bmp", "dog_segmentation.bmp"):
+        q = photo(name, 200)
+        theirs = runner(q)
+        x = (torch.tensor(q, dtype=torch.float32) - 127) / 127.5  # the interpreter's reading of q (zero point 127)
+        with torch.no_grad():
+            head = model.forward_head(x.permute(2, 0, 1)[None] * 0.5 + 0.5)  # the model maps [0, 1] to [-1, 1]
+        logits = head["cls_logits"][0].numpy()
+        boxes = head["bbox_regression"][0].numpy()[:, [1, 0, 3, 2]]  # ours (tx, ty, tw, th) -> TF's (ty, tx, th, tw)
+        d_logits, d_boxes = np.abs(logits - theirs["logits"]), np.abs(boxes - theirs["box_encodings"])
+        assert d_logits.max() <= 10 * runner.logit_step and d_logits.mean() <= 1.5 * runner.logit_step, name
+        assert d_boxes.max() <= 14 * runner.box_step and d_boxes.mean() <= runner.box_step, name
+
+
+@needs_ssdlite
+def test_ssdlite_detections_match_interpreter():
+    """Every detection of the interpreter scoring >= 0.5 on the photos of shared/weights is among ours, same class,
+    IoU >= 0.8 (its operator's float outputs; ours with the pipeline config's per-class NMS)."""
+    tool = load_tool("tflite_parity")
+    runner = tool.DetectorRunner(SSDLITE)
+    model = model_from_weights(SSDLITE)[0].eval()
+    photos = sorted(p for p in WEIGHTS.iterdir() if p.suffix in (".jpg", ".bmp") and "mask" not in p.name)
+    found = wanted = 0
+    for path in photos:
+        q = photo(path.name, 200)
+        with torch.no_grad():
+            ours = model(uint8_batch(q))[0]  # the photo as it is: the model normalises it
+        ours["boxes"] = ours["boxes"] / 200
+        matched, total = tool._share_matched(runner(q), ours, 0.5, 0.8)
+        assert matched == total, path.name
+        found, wanted = found + matched, wanted + total
+    assert wanted >= 8  # the photos do hold confident detections (10 with these photos)
+
+
+@needs_ssdlite
+def test_ssdlite_refuses_a_trunk_that_does_not_fit(monkeypatch):
+    """A conv of another width (simulated on the release: the first 32-channel projection cut to 8 channels) is
+    named, with the closest MobileNetV2's expectation."""
+    import backbones.tflite as tflite
+
+    dequantize = tflite._dequantize
+
+    def narrower(interp, detail, path):
+        value = dequantize(interp, detail, path)
+        return value[:8] if detail["name"].endswith("block_6_project/Conv2D") else value
+
+    monkeypatch.setattr(tflite, "_dequantize", narrower)
+    with pytest.raises(WeightsError, match=r"ssdlite.*do not fit a MobileNetV2 trunk.*conv 20 \(features.7.conv.2\)"):
+        read_tflite(SSDLITE)
+
+
+COCO128 = WEIGHTS.parent / "data" / "coco128"
+needs_coco128 = pytest.mark.skipif(not (COCO128 / "annotations" / "instances_val2017.json").is_file(),
+                                   reason=f"needs the coco128 set in {COCO128}")
+
+
+def _eval_config(tmp_path, *overrides: str):
+    """configs/eval.yaml as tools/test.py composes it, with Hydra's record of the command-line overrides."""
+    from hydra import compose, initialize_config_dir
+
+    from vision_tasks.runner import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("eval", overrides=[f"run_dir={tmp_path}", "task=detection", "data=coco", f"data.root={COCO128}",
+                                         "data.num_workers=0", "data.batch_size=16", "trainer.limit_val_batches=1",
+                                         "trainer.enable_progress_bar=false", *overrides], return_hydra_config=True)
+    from omegaconf import open_dict
+
+    with open_dict(cfg):  # of Hydra's own node only what a run of tools/test.py keeps resolvable: the overrides
+        cfg.hydra = {"overrides": {"task": list(cfg.hydra.overrides.task)}}
+    return cfg
+
+
+@needs_ssdlite
+@needs_coco128
+def test_tools_test_evaluates_the_ssdlite_release_on_coco(tmp_path):
+    """tools/test.py weights=<the release> data=coco: at the record's 200x200, its 90 outputs mapped to the dataset's 80
+    categories by COCO id (10 unused ids dropped), detections.json in the dataset's ids. (Full coco128 val: mAP 0.196.)"""
+    from omegaconf import OmegaConf
+
+    from vision_tasks import runner
+
+    cfg = _eval_config(tmp_path / "run", f"weights={SSDLITE}")
+    metrics = runner.test(cfg)
+    assert OmegaConf.load(tmp_path / "run" / "config.yaml").data.image_size == 200
+    assert metrics["val/map"] > 0.1  # the first 16 photos
+    categories = json.loads((COCO128 / "annotations" / "instances_val2017.json").read_text())["categories"]
+    dataset_ids = {c["id"] for c in categories}
+    detections = json.loads((tmp_path / "run" / "detections.json").read_text())
+    assert detections and {d["category_id"] for d in detections} <= dataset_ids
+
+    # data.image_size on the command line wins over the record
+    cfg = _eval_config(tmp_path / "run320", f"weights={SSDLITE}", "data.image_size=320")
+    runner.test(cfg)
+    assert OmegaConf.load(tmp_path / "run320" / "config.yaml").data.image_size == 320
+
+
+@needs_coco128
+def test_tools_test_refuses_a_detector_whose_labels_nothing_relates(tmp_path):
+    """A detector with 3 classes on an 80-category dataset: refused when its record names neither category ids nor
+    classes, mapped by class name when it names its classes."""
+    from safetensors.torch import save_file
+
+    from vision_tasks import runner
+    from vision_tasks.models import WeightsInfo
+
+    model = ssdlite_mobilenet_v2(num_classes=3, width_mult=0.35)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "det.safetensors"))
+    record = WeightsInfo(str(tmp_path / "det.safetensors"), "converted", model.preprocess.config, input_size=64,
+                         model_class="SSDLiteMobileNetV2", model_config=model.config, task="detection")
+    (tmp_path / "det.json").write_text(json.dumps(record.to_json()))
+    with pytest.raises(ValueError, match="3 classes but the dataset has 80.*nothing relates"):
+        runner.test(_eval_config(tmp_path / "run", f"weights={tmp_path / 'det.safetensors'}"))
+
+    record.class_names = ["person", "N/A", "dog"]
+    (tmp_path / "det.json").write_text(json.dumps(record.to_json()))
+    metrics = runner.test(_eval_config(tmp_path / "run2", f"weights={tmp_path / 'det.safetensors'}"))
+    assert "val/map" in metrics

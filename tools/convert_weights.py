@@ -39,8 +39,10 @@ def main(argv: list[str] | None = None) -> tuple[Path, Path]:
     parser.add_argument("dst", type=Path, help="the .safetensors file to write (its .json goes beside it)")
     parser.add_argument("--labels", type=Path, default=None, help="class names, one per line")
     args = parser.parse_args(argv)
-    if not args.src.is_file():
-        parser.error(f"{args.src} does not exist")
+    from vision_tasks.models import is_weight_name
+
+    if not args.src.is_file() and not is_weight_name(args.src):
+        parser.error(f"{args.src} does not exist (nor is it a weight name such as imagenet or timm:mobilenetv2_100.ra_in1k)")
     labels = None
     if args.labels is not None:
         from vision_tasks.convert import describe_source

@@ -3,6 +3,11 @@
 
     python tools/test.py task=classification ckpt_path=runs/classification/.../checkpoints/last.ckpt
     python tools/test.py task=classification weights=mobilenet_v2-b0353104.pth data=imagenet data.root=/data/imagenet
+    python tools/test.py task=detection data=coco data.root=/data/coco weights=ssdlite_mobilenet_v2_coco_0.5_200x200.tflite
+
+A detection weight file evaluates at the input size of its record (200 for that TFLite release) unless
+data.image_size= is given; a detector with its own label set (that release: 90 COCO category ids) is mapped to
+the dataset's categories by id (or class name), the detections of categories the dataset lacks dropped.
 """
 
 import hydra

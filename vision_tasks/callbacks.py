@@ -8,11 +8,13 @@ import math
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.utilities import rank_zero_info
 
-__all__ = ["RunArtifacts", "ema", "plot_curves"]
+__all__ = ["RunArtifacts", "UnfoldBatchNorm", "ema", "plot_curves"]
 
 
 def ema(decay: float | None) -> Callback | None:
@@ -23,6 +25,39 @@ def ema(decay: float | None) -> Callback | None:
     from pytorch_lightning.callbacks import EMAWeightAveraging
 
     return EMAWeightAveraging(decay=float(decay))
+
+
+class UnfoldBatchNorm(Callback):
+    """Before training, give a TensorFlow release's folded BatchNorms the statistics of the training data
+    (:func:`vision_tasks.models.unfold_batch_norms`), so that training-mode batch norm reproduces the release
+    instead of erasing it. A no-op for any other model (nothing is folded), and when resuming (the
+    checkpoint's BatchNorms are already unfolded).
+
+    Args:
+        num_batches: training batches measured (with the training augmentation).
+    """
+
+    def __init__(self, num_batches: int = 20) -> None:
+        self.num_batches = int(num_batches)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from .models.batchnorm import folded_batch_norms, unfold_batch_norms
+
+        model = getattr(pl_module, "model", pl_module)
+        if not folded_batch_norms(model):
+            return
+        datamodule = trainer.datamodule
+        loader = datamodule.train_dataloader() if datamodule is not None else trainer.fit_loop._data_source.dataloader()
+        images = (batch[0] if isinstance(batch, (tuple, list)) else batch for batch in loader)
+        count = unfold_batch_norms(model, images, num_batches=self.num_batches)
+        if trainer.world_size > 1:  # each process measured its own batches: agree on their mean
+            for module in model.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    for tensor in (module.weight, module.bias, module.running_mean, module.running_var):
+                        tensor.data.copy_(trainer.strategy.reduce(tensor.data.clone(), reduce_op="mean"))
+        rank_zero_info(f"UnfoldBatchNorm: {count} folded BatchNorms of the pretrained weights now hold the statistics "
+                       f"of the first training batches (up to {self.num_batches}), so that batch statistics reproduce "
+                       "the release")
 
 
 class RunArtifacts(Callback):

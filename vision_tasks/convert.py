@@ -58,7 +58,7 @@ def convert(src: str | Path, dst: str | Path, *, class_names: list[str] | None =
             raise FileExistsError(f"{path} exists; choose another destination (nothing is overwritten)")
     info = describe_source(src, class_names)
     model = build_model(info.model_class, info.model_config)
-    backbones.load_weights(model, src)  # the whole model, checked: a file that does not fit is refused here
+    backbones.load_weights(model, info.source)  # the whole model, checked: a file that does not fit is refused here
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     record = dataclasses.replace(info, source=str(src), kind="converted")
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -76,7 +76,7 @@ def convert(src: str | Path, dst: str | Path, *, class_names: list[str] | None =
 
 
 def _as_classifier(src: Path, info: WeightsInfo) -> WeightsInfo:
-    state = backbones.read_state_dict(src)
+    state = backbones.read_state_dict(info.source)
     sizes = [v.shape[0] for k, v in state.items()
              if k.endswith(("classifier.1.weight", "classifier.weight", "head.fc.weight")) and v.ndim == 2] or [1000]
     settings = info.backbone_settings() if info.preprocessing else {}

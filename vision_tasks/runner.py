@@ -9,6 +9,7 @@ callbacks and loggers (``trainer``, ``callbacks``, ``logger``).
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ import backbones
 
 from .callbacks import RunArtifacts
 from .checkpoints import model_from_checkpoint, read_checkpoint_meta
-from .models import describe_weights, model_from_weights, weights_settings
+from .models import MODELS, WeightsInfo, build_model, describe_weights, model_from_weights, weights_settings
+from .models.transfer import load_pretrained, match_classes
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +47,21 @@ def _datamodule(cfg: DictConfig, stage: str) -> pl.LightningDataModule:
     return datamodule
 
 
-def _model(cfg: DictConfig, datamodule: pl.LightningDataModule) -> nn.Module:
-    """``cfg.model`` with the dataset's number of classes, and the normalisation / padding of ``weights=``."""
+# Model arguments that a whole-model weight file leaves to the run's config: how to train it, not what it is.
+_TRAINING_KNOBS = ("freeze_bn", "dropout")
+
+
+def _model(cfg: DictConfig, datamodule: pl.LightningDataModule, info: WeightsInfo | None = None) -> nn.Module:
+    """``cfg.model`` with the dataset's number of classes, and the normalisation / padding of ``weights=``.
+
+    Weights that hold a whole model of the task (a checkpoint, a converted file, a TFLite release: ``info``)
+    bring their architecture: the model is the one they describe, with the dataset's classes and
+    ``cfg.model``'s training settings (``freeze_bn``, ``dropout``).
+    """
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     data_classes = getattr(datamodule, "num_classes", None)
+    if info is not None and info.model_class is not None and info.model_config is not None:
+        return _model_from_record(model_cfg, info, datamodule)
     if "num_classes" in model_cfg:
         if model_cfg["num_classes"] is None:
             model_cfg["num_classes"] = data_classes
@@ -60,18 +73,69 @@ def _model(cfg: DictConfig, datamodule: pl.LightningDataModule) -> nn.Module:
     if cfg.get("weights"):  # the weights the run starts from decide what the config leaves open
         decided = weights_settings(cfg.weights, **{key: model_cfg.pop(key, None) for key in _WEIGHTS_DECIDE})
         model_cfg.update(decided)
+        if model_cfg.get("backbone_weights"):  # the whole model's weights replace any backbone weights
+            log.info("weights=%s replaces model.backbone_weights=%s", cfg.weights, model_cfg["backbone_weights"])
+            model_cfg["backbone_weights"] = None
     return instantiate(model_cfg)
 
 
-def _load_initial_weights(model: nn.Module, path: str) -> None:
-    """Start training from a weight file; only a classifier head of another size may differ."""
-    report = backbones.load_weights(model, path, strict=False)
-    problems = [k for k in report.missing + report.unexpected + report.mismatched if not k.startswith("head.")]
-    if problems:
-        raise backbones.WeightsError(f"weights={path} does not fit the model:\n  " + "\n  ".join(problems[:12]))
-    skipped = [k.split(":")[0] for k in report.missing + report.mismatched]
-    if skipped:
-        log.warning("weights=%s: the head was not loaded (%s); it starts from scratch", path, ", ".join(skipped))
+def _model_from_record(model_cfg: dict[str, Any], info: WeightsInfo, datamodule: pl.LightningDataModule) -> nn.Module:
+    config = dict(info.model_config or {})
+    accepted = inspect.signature(MODELS[info.model_class]).parameters
+    config.update({key: model_cfg[key] for key in _TRAINING_KNOBS if key in model_cfg and key in accepted})
+    data_classes = getattr(datamodule, "num_classes", None)
+    if data_classes is not None and config.get("num_classes") != data_classes:
+        config["num_classes"] = data_classes
+    if "image_size" in config and getattr(datamodule, "image_size", None):  # the side it is trained (and exported) at
+        config["image_size"] = int(datamodule.image_size)
+    if "category_ids" in config:  # a detector's labels are the dataset's now
+        ids = getattr(datamodule, "category_ids", None)
+        config["category_ids"] = [int(i) for i in ids] if ids is not None and len(ids) == config["num_classes"] else None
+    ignored = sorted(k for k, v in model_cfg.items() if k in config and k not in _TRAINING_KNOBS + ("num_classes",)
+                     and k not in _WEIGHTS_DECIDE and v is not None and v != config[k])
+    log.info("weights=%s holds a whole %s: training that model (%s)%s", info.name or info.source, info.model_class,
+             ", ".join(f"{k}={config[k]}" for k in ("width_mult", "image_size", "output_stride") if k in config),
+             f"; model.{', model.'.join(ignored)} of the config do not apply" if ignored else "")
+    return build_model(info.model_class, config)
+
+
+def _record_input_size(cfg: DictConfig, info: WeightsInfo | None) -> None:
+    """A detector's weight record with an input size (a TFLite release: 200 for the SSDLite one) sets
+    ``data.image_size``, unless ``data.image_size=`` is on the command line: its anchors are for that size."""
+    if info is None or info.task != "detection" or not info.input_size or "image_size" not in cfg.data:
+        return
+    # Hydra's list of overrides; a config composed in-process carries it under hydra.overrides.task with
+    # return_hydra_config=True
+    from hydra.core.hydra_config import HydraConfig
+
+    given = (HydraConfig.get().overrides.task if HydraConfig.initialized()
+             else OmegaConf.select(cfg, "hydra.overrides.task", default=None) or [])
+    if any(str(o).lstrip("+~").split("=", 1)[0] == "data.image_size" for o in given):
+        return
+    if cfg.data.image_size != info.input_size:
+        log.info("weights=%s: images at its input size %d (data.image_size=N on the command line to choose another)",
+                 cfg.weights, info.input_size)
+    cfg.data.image_size = int(info.input_size)
+
+
+def _detection_label_map(model: nn.Module, model_names: list[str] | None,
+                         datamodule: pl.LightningDataModule) -> list[int] | None:
+    """For a detector whose labels are not the dataset's, the dataset label of each of its labels (-1 for
+    those the dataset lacks): by category id where both have them, else by class name; ``None`` when the
+    labels are the dataset's or nothing relates them."""
+    data_classes = getattr(datamodule, "num_classes", None)
+    data_names = getattr(datamodule, "class_names", None)
+    if model_names is not None and len(model_names) != model.num_classes:
+        model_names = None
+    label_map, by = match_classes(getattr(model, "category_ids", None), model_names,
+                                  getattr(datamodule, "category_ids", None), data_names)
+    if label_map is None or label_map == list(range(data_classes or 0)):
+        return None
+    keys = getattr(model, "category_ids", None) if by == "category id" else model_names
+    dropped = [str(keys[i]) for i, label in enumerate(label_map) if label < 0]
+    log.info("the model's %d labels are mapped to the dataset's %d by %s; the detections of the %d the dataset "
+             "lacks are dropped (%s %s)", model.num_classes, data_classes, by, len(dropped), by, ", ".join(dropped))
+    return label_map
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -120,11 +184,18 @@ def train(cfg: DictConfig) -> Path:
     if cfg.ckpt_path:  # refuse a wrong or foreign checkpoint now, not after setting everything up
         read_checkpoint_meta(cfg.ckpt_path, expected_task=task_cls.name)
     _check_run_dir(run_dir, cfg.ckpt_path)
+    info = describe_weights(cfg.weights) if cfg.weights else None
+    if info is not None and info.task not in (None, task_cls.name):
+        hint = (f"; to start the backbone from it, use model.backbone_weights={cfg.weights}"
+                if info.task == "classification" else "")
+        raise ValueError(f"weights={cfg.weights} holds a {info.task} model, but task={task_cls.name} was asked for{hint}")
+    _record_input_size(cfg, info)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = _datamodule(cfg, "fit")
-    model = _model(cfg, datamodule)
+    model = _model(cfg, datamodule, info)
     if cfg.weights:
-        _load_initial_weights(model, cfg.weights)
+        load_pretrained(model, cfg.weights, getattr(datamodule, "class_names", None),
+                        getattr(datamodule, "category_ids", None), cfg.get("weights_head", "auto"))
     if cfg.get("channels_last"):
         # NHWC weights: convolutions then run (and return) channels-last tensors; on these 2-core CPUs
         # the DeepLab training step is about 20% faster, and on GPUs it is the layout AMP wants.
@@ -148,32 +219,48 @@ def test(cfg: DictConfig) -> dict[str, float]:
     multi-scale + flip inputs), the resolved ``config.yaml`` and the task's own results (detection:
     ``detections.json``, COCO results format with the dataset's image and category ids) into the run
     directory and returns the metrics.
+
+    Detection with a weight file whose record gives its input size (a TFLite release: 200 for the SSDLite
+    one) evaluates at that size (``data.image_size``) unless ``data.image_size=`` is on the command line.
+    A detector whose labels are not the dataset's is evaluated when its record or checkpoint relates them:
+    by the model's ``category_ids`` (the COCO ids of the TF OD API's 90 outputs) against the dataset's, or
+    else by class names; its detections then take the dataset's labels and those of classes the dataset
+    lacks are dropped (``DetectionTask(label_map=...)``). Without such a relation a model with another
+    number of classes than the dataset is refused.
     """
     run_dir = Path(cfg.run_dir)
     task_cls = get_class(cfg.task._target_)
     if bool(cfg.ckpt_path) == bool(cfg.weights):
         raise ValueError("tools/test.py needs exactly one of ckpt_path=CHECKPOINT or weights=WEIGHT_FILE")
+    model_names: list[str] | None = None
     if cfg.ckpt_path:
-        model, _ = model_from_checkpoint(cfg.ckpt_path, expected_task=task_cls.name)
+        model, meta = model_from_checkpoint(cfg.ckpt_path, expected_task=task_cls.name)
+        model_names = meta.get("class_names")
     info = describe_weights(cfg.weights) if cfg.weights else None
     if info is not None and info.task not in (None, task_cls.name):
         raise ValueError(f"weights={cfg.weights} holds a {info.task} model, but task={task_cls.name} was asked for")
+    _record_input_size(cfg, info)
     datamodule = _datamodule(cfg, "validate")
     if info is not None and info.model_class is not None:  # a converted file, a TFLite release: the model it describes
         model = model_from_weights(cfg.weights, info)[0]
+        model_names = info.class_names
     elif info is not None:
         model = _model(cfg, datamodule)
-        backbones.load_weights(model, cfg.weights)
-    data_classes = getattr(datamodule, "num_classes", None)
-    if data_classes is not None and getattr(model, "num_classes", data_classes) != data_classes:
-        raise ValueError(f"the model predicts {model.num_classes} classes but the dataset has {data_classes}")
+        backbones.load_weights(model, info.source)
     overrides: dict[str, Any] = {}
+    data_classes = getattr(datamodule, "num_classes", None)
+    label_map = _detection_label_map(model, model_names, datamodule) if task_cls.name == "detection" else None
+    if label_map is not None:
+        overrides["label_map"] = label_map
+    elif data_classes is not None and getattr(model, "num_classes", data_classes) != data_classes:
+        raise ValueError(f"the model predicts {model.num_classes} classes but the dataset has {data_classes}, and "
+                         "nothing relates the two (no category ids or class names of the model's labels)")
     if cfg.get("mf"):
         if task_cls.name != "segmentation":
             raise ValueError(f"mf=true (multi-scale + flip evaluation) is for task=segmentation, not {task_cls.name}")
         from .models import MF_SCALES
 
-        overrides = {"eval_scales": list(MF_SCALES), "eval_flip": True}
+        overrides.update(eval_scales=list(MF_SCALES), eval_flip=True)
     task = instantiate(cfg.task, model=model, optimizer=None, scheduler=None, _convert_="all", **overrides)
     task.keep_results = True  # e.g. detections.json for detection
     trainer = _trainer(cfg, callbacks=[RunArtifacts(str(run_dir))], logger=False)

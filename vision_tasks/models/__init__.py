@@ -18,10 +18,12 @@ from torch import nn
 
 import backbones
 
+from .batchnorm import folded_batch_norms, unfold_batch_norms
 from .classifier import MobileNetV2Classifier, mobilenet_v2_classifier
 from .deeplab import MF_SCALES, DeepLabV3MobileNetV2, deeplabv3_mobilenet_v2, multi_scale_logits, scale_dimension
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocessing, preprocessing_config
 from .ssdlite import SSDLiteMobileNetV2, scale_boxes, ssdlite_mobilenet_v2
+from .hub import is_weight_name, list_weights, resolve_weights
 from .weights import WeightsInfo, describe_weights, imagenet_categories, read_record, record_path, weights_settings
 
 __all__ = [
@@ -37,16 +39,21 @@ __all__ = [
     "build_model",
     "deeplabv3_mobilenet_v2",
     "describe_weights",
+    "folded_batch_norms",
     "imagenet_categories",
+    "is_weight_name",
+    "list_weights",
     "mobilenet_v2_classifier",
     "model_from_weights",
     "multi_scale_logits",
     "preprocessing_config",
     "read_record",
     "record_path",
+    "resolve_weights",
     "scale_boxes",
     "scale_dimension",
     "ssdlite_mobilenet_v2",
+    "unfold_batch_norms",
     "weights_settings",
 ]
 
@@ -80,5 +87,5 @@ def model_from_weights(weights: str | Path, info: WeightsInfo | None = None) -> 
             "mobilenet_v2_classifier / ssdlite_mobilenet_v2 / deeplabv3_mobilenet_v2 and pass weights= to it"
         )
     model = build_model(info.model_class, info.model_config)
-    backbones.load_weights(model, weights)
+    backbones.load_weights(model, info.source)
     return model, info

@@ -12,6 +12,7 @@ import backbones
 from heads import ClassifierHead
 
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocessing
+from .hub import resolve_weights
 from .weights import weights_settings
 
 __all__ = ["MobileNetV2Classifier", "mobilenet_v2_classifier"]
@@ -36,6 +37,9 @@ class MobileNetV2Classifier(nn.Module):
             for TF weights such as the TFLite releases, :mod:`backbones.tflite`).
         mean, std, normalization, grayscale: the input normalisation (see :mod:`vision_tasks.models.preprocessing`).
     """
+
+    # The layers whose outputs are the classes (re-initialised when fine-tuning on other classes).
+    CLASS_LAYERS = ("head.fc.",)
 
     def __init__(
         self,
@@ -106,5 +110,5 @@ def mobilenet_v2_classifier(
                                 grayscale=grayscale, **kwargs)
     model = MobileNetV2Classifier(num_classes=num_classes, width_mult=width_mult, **settings)
     if weights is not None:
-        backbones.load_weights(model, weights)
+        backbones.load_weights(model, resolve_weights(weights))
     return model

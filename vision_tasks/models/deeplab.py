@@ -14,6 +14,7 @@ import backbones
 from heads import DeepLabV3Head, FCNAuxHead, aspp_rates, upsample_logits
 
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocessing
+from .hub import resolve_weights
 from .weights import weights_settings
 
 __all__ = ["MF_SCALES", "DeepLabV3MobileNetV2", "deeplabv3_mobilenet_v2", "multi_scale_logits", "scale_dimension"]
@@ -63,6 +64,9 @@ class DeepLabV3MobileNetV2(nn.Module):
         logits = model(torch.rand(1, 3, 513, 513))   # (1, 21, 513, 513)
         labels = logits.argmax(1)
     """
+
+    # The layers whose outputs are the classes (re-initialised when fine-tuning on other classes).
+    CLASS_LAYERS = ("head.classifier.", "aux_head.4.")
 
     def __init__(
         self,
@@ -197,9 +201,9 @@ def deeplabv3_mobilenet_v2(
         num_classes=num_classes, output_stride=output_stride, aspp=aspp, width_mult=width_mult, **settings,
     )
     if backbone_weights is not None:
-        backbones.load_weights(model.backbone, backbone_weights)
+        backbones.load_weights(model.backbone, resolve_weights(backbone_weights))
     if weights is not None:
-        backbones.load_weights(model, weights)
+        backbones.load_weights(model, resolve_weights(weights))
     return model
 
 

@@ -12,6 +12,7 @@ import backbones
 from heads import EXTRA_DEPTHS, BoxCoder, DefaultBoxGenerator, SSDLiteHead, SSDLoss, postprocess_detections
 
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocessing
+from .hub import resolve_weights
 from .weights import weights_settings
 
 __all__ = ["SSDLiteMobileNetV2", "scale_boxes", "ssdlite_mobilenet_v2"]
@@ -49,15 +50,28 @@ class SSDLiteMobileNetV2(nn.Module):
         image_size: the default (training / export) input side; the model runs at any size.
         width_mult: of the backbone and the extra maps (TF ``depth_multiplier``).
         anchor_layout, min_scale, max_scale, aspect_ratios: see :class:`heads.DefaultBoxGenerator`.
-        classification_loss: ``"softmax"`` (torchvision) or ``"sigmoid"`` (the TF config); also
-            the score conversion at inference.
-        neg_pos_ratio, iou_threshold: see :class:`heads.SSDLoss`.
+        classification_loss: ``"softmax"`` (torchvision), ``"sigmoid"`` (the TF ssdlite config) or
+            ``"sigmoid_focal"`` (the TF SSDLite 0.5 200x200 release's); also the score conversion at inference.
+        focal_alpha, focal_gamma, localization_per_coordinate, neg_pos_ratio, iou_threshold: see
+            :class:`heads.SSDLoss`.
         score_thresh, nms_thresh, topk_candidates, detections_per_img: see
             :func:`heads.postprocess_detections`.
         freeze_bn: freeze the backbone's BatchNorms (see :class:`backbones.MobileNetV2`).
         bn_eps, bn_momentum: BatchNorm settings of backbone and head (torchvision's ssdlite values).
         padding, round_nearest: of the backbone (``"tf_same"`` for TensorFlow-derived weights).
         mean, std, normalization, grayscale: the input normalisation (:mod:`vision_tasks.models.preprocessing`).
+        min_depth: the fewest channels of any backbone layer and extra layer (TF ``min_depth``; see
+            :class:`backbones.MobileNetV2`); ``None`` (default): the backbone's channel rounding (8) and the
+            head's 16, as before.
+        scale_last_conv: scale the backbone's last 1x1 conv by ``width_mult`` below 1 too (the TF Object
+            Detection API's feature extractor: 640 channels at 0.5); default the paper's 1280.
+        head_padding: of the head's 3x3 convs (``"tf_same"`` for TensorFlow-trained heads, whose stride-2
+            extra layers pad bottom / right on even sizes); default ``"symmetric"``.
+        category_ids: the dataset category id of each label (``num_classes`` entries), when the model
+            was trained on a dataset whose ids it should be matched by, e.g. the COCO ids 1..90 of the TF
+            Object Detection API's 90-way label map (which has 10 unused ids). Kept in ``config`` so that
+            checkpoints and weight records carry it; evaluation on a dataset with other labels maps by it
+            (``tools/test.py``). ``None``: labels are ``0..num_classes-1`` and nothing more is known.
 
     Example::
 
@@ -68,6 +82,10 @@ class SSDLiteMobileNetV2(nn.Module):
     """
 
     FEATURES = ("layer15_expand", "layer19")
+    # The layers whose outputs are the classes (re-initialised when fine-tuning on other classes): the 1x1
+    # classification predictors of every map.
+    CLASS_LAYERS = tuple(f"head.classification_head.{i}.1." for i in range(2 + len(EXTRA_DEPTHS)))
+    CLASS_OFFSET = 1  # the class layers give each anchor a background slot before its classes
 
     def __init__(
         self,
@@ -79,6 +97,9 @@ class SSDLiteMobileNetV2(nn.Module):
         max_scale: float = 0.95,
         aspect_ratios: Sequence[float] = (1.0, 2.0, 0.5, 3.0, 1 / 3),
         classification_loss: str = "softmax",
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        localization_per_coordinate: bool = False,
         neg_pos_ratio: float = 3,
         iou_threshold: float = 0.5,
         score_thresh: float = 0.01,
@@ -94,25 +115,38 @@ class SSDLiteMobileNetV2(nn.Module):
         std: Sequence[float] = IMAGENET_STD,
         normalization: str = "standard",
         grayscale: bool = False,
+        min_depth: int | None = None,
+        scale_last_conv: bool = False,
+        head_padding: str = "symmetric",
+        category_ids: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes (foreground classes) must be >= 1, got {num_classes}")
+        if category_ids is not None:
+            category_ids = [int(i) for i in category_ids]
+            if len(category_ids) != num_classes or len(set(category_ids)) != num_classes:
+                raise ValueError(f"category_ids must give {num_classes} distinct ids (one per class), got "
+                                 f"{len(category_ids)} ({len(set(category_ids))} distinct)")
         self.preprocess = ImagePreprocessing(mean, std, normalization, grayscale)
         self.config: dict[str, Any] = dict(
             num_classes=num_classes, image_size=image_size, width_mult=width_mult, anchor_layout=anchor_layout,
             min_scale=min_scale, max_scale=max_scale, aspect_ratios=[float(a) for a in aspect_ratios],
-            classification_loss=classification_loss, neg_pos_ratio=neg_pos_ratio, iou_threshold=iou_threshold,
+            classification_loss=classification_loss, focal_alpha=focal_alpha, focal_gamma=focal_gamma,
+            localization_per_coordinate=localization_per_coordinate, neg_pos_ratio=neg_pos_ratio, iou_threshold=iou_threshold,
             score_thresh=score_thresh, nms_thresh=nms_thresh, topk_candidates=topk_candidates,
             detections_per_img=detections_per_img, freeze_bn=freeze_bn, bn_eps=bn_eps, bn_momentum=bn_momentum,
-            padding=padding, round_nearest=round_nearest,
+            padding=padding, round_nearest=round_nearest, min_depth=min_depth, scale_last_conv=scale_last_conv,
+            head_padding=head_padding, category_ids=category_ids,
             **self.preprocess.config,
         )
+        self.category_ids = category_ids
         self.num_classes = num_classes
         self.image_size = image_size
         self.backbone = backbones.create_backbone(
             "mobilenet_v2", width_mult=width_mult, out_features=self.FEATURES, bn_eps=bn_eps,
             bn_momentum=bn_momentum, freeze_bn=freeze_bn, padding=padding, round_nearest=round_nearest,
+            min_depth=min_depth, scale_last_conv=scale_last_conv,
         )
         self.anchor_generator = DefaultBoxGenerator(
             aspect_ratios, min_scale, max_scale, num_maps=len(self.backbone.feature_info) + len(EXTRA_DEPTHS),
@@ -121,10 +155,12 @@ class SSDLiteMobileNetV2(nn.Module):
         self.head = SSDLiteHead(
             [info.channels for info in self.backbone.feature_info], self.anchor_generator.num_anchors_per_location(),
             num_classes + 1, EXTRA_DEPTHS, width_mult=width_mult, bn_eps=bn_eps, bn_momentum=bn_momentum,
+            padding=head_padding, **({} if min_depth is None else {"min_depth": min_depth}),
         )
         self.box_coder = BoxCoder()
         self.criterion = SSDLoss(self.box_coder, neg_pos_ratio, iou_threshold=iou_threshold,
-                                 classification=classification_loss)
+                                 classification=classification_loss, focal_alpha=focal_alpha, focal_gamma=focal_gamma,
+                                 localization_per_coordinate=localization_per_coordinate)
         self.postprocess_settings = dict(
             score_thresh=score_thresh, nms_thresh=nms_thresh, topk_candidates=topk_candidates,
             detections_per_img=detections_per_img, classification=classification_loss,
@@ -214,7 +250,7 @@ def ssdlite_mobilenet_v2(
                                 std=std, normalization=normalization, grayscale=grayscale, **kwargs)
     model = SSDLiteMobileNetV2(num_classes=num_classes, image_size=image_size, width_mult=width_mult, **settings)
     if backbone_weights is not None:
-        backbones.load_weights(model.backbone, backbone_weights)
+        backbones.load_weights(model.backbone, resolve_weights(backbone_weights))
     if weights is not None:
-        backbones.load_weights(model, weights)
+        backbones.load_weights(model, resolve_weights(weights))
     return model

@@ -69,6 +69,7 @@ class WeightsInfo:
             name and constructor arguments), for whole-model files.
         task: the task of a whole-model file (``classification``, ``detection``, ``segmentation``).
         metrics: published or measured accuracy, e.g. ``{"imagenet_acc1": 71.878}``.
+        name: the weight name it was asked for by (``imagenet`` ...), if any; ``source`` is then the cached file.
     """
 
     source: str
@@ -82,6 +83,7 @@ class WeightsInfo:
     model_config: dict[str, Any] | None = None
     task: str | None = None
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    name: str | None = None
 
     def backbone_settings(self) -> dict[str, Any]:
         """The model arguments these weights decide: preprocessing, padding and (if not 8) channel rounding."""
@@ -142,15 +144,28 @@ def read_record(weights: str | Path) -> WeightsInfo | None:
 
 
 def describe_weights(weights: str | Path) -> WeightsInfo:
-    """What ``weights`` holds and how to use it (see the module docstring).
+    """What ``weights`` holds and how to use it (see the module docstring): a file, or a weight name
+    (``imagenet``, ``timm:mobilenetv2_100.ra_in1k`` ...: :mod:`vision_tasks.models.hub`), whose ``source``
+    in the record is then the file in the library's cache.
 
     Raises:
         FileNotFoundError: no such file.
-        backbones.WeightsError: a file that cannot be read (named, with the reason).
+        backbones.WeightsError: a file that cannot be read (named, with the reason); an unknown weight name, or
+            a named release that is neither cached nor downloadable (the message says where to put it).
     """
-    path = Path(weights).expanduser()
+    from .hub import named, resolve_weights
+
+    release = named(weights)
+    path = resolve_weights(weights)
     if not path.is_file():
         raise FileNotFoundError(f"weight file {path} does not exist")
+    info = _describe_file(path)
+    if release is not None:
+        info = dataclasses.replace(info, name=release.name, metrics={**info.metrics, **dict(release.metrics)})
+    return info
+
+
+def _describe_file(path: Path) -> WeightsInfo:
     if path.suffix == ".tflite":
         return _describe_tflite(path)
     record = read_record(path)
@@ -222,15 +237,25 @@ def _describe_tflite(path: Path) -> WeightsInfo:
 
     _, info = read_tflite(path)
     preprocessing = {"mean": list(TF_MEAN), "std": list(TF_STD), "normalization": "standard", "grayscale": False}
+    config = {**info["model_kwargs"], **preprocessing}
     if info["kind"] == "classifier":
         model_class, task = "MobileNetV2Classifier", "classification"
         names = _imagenet_names_if(info["num_classes"])
+    elif info["kind"] == "ssdlite":
+        # a TF Object Detection API export: class names and the category id of each output from its label map,
+        # the evaluation's post-processing from its pipeline config (both beside the file when present; see
+        # vision_tasks.models.tf_od_api), and anchors checked against the file's own
+        from .tf_od_api import check_anchors, ssdlite_record_settings
+
+        model_class, task = "SSDLiteMobileNetV2", "detection"
+        names, category_ids, post_processing = ssdlite_record_settings(path, info)
+        config.update(post_processing, category_ids=category_ids)
+        check_anchors(info, config, path)
     else:
         from ..data.classes import VOC_SEG_CLASSES
 
         model_class, task = "DeepLabV3MobileNetV2", "segmentation"
         names = list(VOC_SEG_CLASSES) if info["num_classes"] == len(VOC_SEG_CLASSES) else None
-    config = {**info["model_kwargs"], **preprocessing}
     return WeightsInfo(
         str(path), "tflite", preprocessing, padding=info["padding"], round_nearest=info["round_nearest"],
         input_size=int(info["input_size"][0]), class_names=names, model_class=model_class, model_config=config,
@@ -241,6 +266,13 @@ def _describe_tflite(path: Path) -> WeightsInfo:
 # Published figures of the releases (PAPER.md sections 4 and 10: the float checkpoints' own numbers).
 _TFLITE_METRICS = {
     "deeplabv3_mnv2_pascal_quant.tflite": {"voc2012_val_miou_float_checkpoint": 75.32},
+    # shared/weights/README.md: the release's own eval log (float checkpoint, COCO val2017) and the int8
+    # interpreter on coco128 val (plain bilinear resize to 200x200, pycocotools); mAP as fractions, as torchmetrics
+    "ssdlite_mobilenet_v2_coco_0.5_200x200.tflite": {
+        "coco2017_val_map_float_checkpoint": 0.133, "coco2017_val_map_50_float_checkpoint": 0.245,
+        "coco128_val_map_interpreter": 0.175, "coco128_val_map_50_interpreter": 0.302,
+        "coco128_val_map_75_interpreter": 0.168,
+    },
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Hashable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -12,10 +12,30 @@ from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_convert
 
+from ..models.transfer import match_labels
 from .base import OptimizerFactory, SchedulerFactory, VisionTask
+
+__all__ = ["MAP_KEYS", "DetectionTask", "detection_label_map"]
 
 # The scalar results of torchmetrics' MeanAveragePrecision that are logged (COCO's AP/AR summary).
 MAP_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10", "mar_100")
+
+
+def detection_label_map(model_keys: Sequence[Hashable], data_keys: Sequence[Hashable]) -> list[int]:
+    """For each label of a model, the dataset label with the same key, or -1 where the dataset has none.
+
+    The keys are the category ids (or, lacking those, the class names) of the model's labels and of the
+    dataset's, in label order: e.g. a COCO detector of the TF Object Detection API has 90 outputs with the
+    category ids 1..90, ten of which COCO never annotated, and a COCO dataset has 80 labels with the ids
+    1, 2, ..., 90 less those ten.
+
+    Raises:
+        ValueError: the keys have nothing in common, or the dataset's repeat one (no mapping then).
+    """
+    try:
+        return match_labels(model_keys, data_keys)
+    except ValueError as err:
+        raise ValueError(f"the model's labels and the dataset's: {err}") from None
 
 
 class DetectionTask(VisionTask):
@@ -37,10 +57,19 @@ class DetectionTask(VisionTask):
     are kept and :meth:`export_results` writes them as ``detections.json`` in the COCO results
     format, with the dataset's own image and category ids.
 
+    A model whose labels are not the dataset's (a released detector with its own label set, e.g. the 90
+    COCO ids of the TF Object Detection API on an 80-category COCO dataset) is evaluated through
+    ``label_map`` (:func:`detection_label_map`): its detections take the dataset's labels, those of
+    classes the dataset lacks are dropped, before the metric and ``detections.json``; the evaluation
+    loss sees the ground truth in the model's labels (boxes of classes the model lacks left out).
+    Training and ``predict_step`` keep the model's own labels.
+
     Args:
         model: the detector; it must expose an integer ``num_classes`` (foreground classes).
         optimizer, scheduler, scheduler_interval, norm_weight_decay, monitor: see :class:`VisionTask`.
         localization_weight: weight of the box loss against the classification loss (TF: 1.0).
+        label_map: for evaluation, the dataset label of each of the model's ``num_classes`` labels, -1 for
+            none; ``None`` (default): the model's labels are the dataset's.
     """
 
     name = "detection"
@@ -55,6 +84,7 @@ class DetectionTask(VisionTask):
         norm_weight_decay: float | None = None,
         localization_weight: float = 1.0,
         monitor: str | None = None,
+        label_map: Sequence[int] | None = None,
     ) -> None:
         super().__init__(model, optimizer, scheduler, scheduler_interval, norm_weight_decay, monitor)
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
@@ -64,6 +94,12 @@ class DetectionTask(VisionTask):
             if not callable(getattr(model, method, None)):
                 raise ValueError(f"{type(model).__name__} has no {method}() method; DetectionTask needs an SSD-style model")
         self.localization_weight = localization_weight
+        if label_map is not None:
+            label_map = [int(label) for label in label_map]
+            if len(label_map) != model.num_classes or min(label_map) < -1:
+                raise ValueError(f"label_map needs one dataset label (or -1) per model class ({model.num_classes}), "
+                                 f"got {len(label_map)} entries")
+        self.label_map = label_map
         self.val_map = self._map_metric()
         self.test_map = self._map_metric()
         self.category_ids: list[int] | None = None
@@ -99,13 +135,42 @@ class DetectionTask(VisionTask):
     def _evaluate(self, batch, metric: MeanAveragePrecision, stage: str) -> None:
         images, targets = batch
         head_out = self.model.forward_head(images)
-        loss = self._losses(head_out, targets)["loss"]
+        loss = self._losses(head_out, self._model_targets(targets))["loss"]
         self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=images.shape[0])
         # the model maps its detections back to the images on disk; the ground truth is their own annotation
-        detections = self.model.postprocess(head_out, [t["orig_size"] for t in targets])
+        detections = self._dataset_labels(self.model.postprocess(head_out, [t["orig_size"] for t in targets]))
         metric.update(detections, [t["annotations"] for t in targets])
         if self.keep_results:
             self.detections += self._coco_results(detections, targets)
+
+    def _dataset_labels(self, detections: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+        """Detections with the dataset's labels (``label_map``), those of classes the dataset lacks dropped."""
+        if self.label_map is None:
+            return detections
+        mapped = []
+        for det in detections:
+            labels = torch.as_tensor(self.label_map, device=det["labels"].device)[det["labels"]]
+            keep = labels >= 0
+            mapped.append({**{k: v[keep] for k, v in det.items()}, "labels": labels[keep]})
+        return mapped
+
+    def _model_targets(self, targets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Targets with the model's labels (the inverse of ``label_map``), boxes of classes the model lacks left out."""
+        if self.label_map is None:
+            return targets
+        size = max(max(self.label_map) + 1, max((int(t["labels"].max()) + 1 for t in targets if t["labels"].numel()),
+                                                default=0))
+        inverse = torch.full((size,), -1, dtype=torch.int64)
+        for model_label, data_label in enumerate(self.label_map):
+            if data_label >= 0:
+                inverse[data_label] = model_label
+        mapped = []
+        for target in targets:
+            labels = inverse.to(target["labels"].device)[target["labels"]]
+            keep = labels >= 0
+            per_box = {k: target[k][keep] for k in ("boxes", "iscrowd", "area") if k in target}
+            mapped.append({**target, **per_box, "labels": labels[keep]})
+        return mapped
 
     def _log_map(self, metric: MeanAveragePrecision, stage: str) -> None:
         results = metric.compute()
