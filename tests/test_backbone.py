@@ -434,3 +434,42 @@ def test_freeze_bn_through_classifier_train():
     assert model.training and model.head.dropout.training
     assert sum(isinstance(m, FrozenBatchNorm2d) for m in model.modules()) == 52
     assert not any(isinstance(m, nn.modules.batchnorm._NormBase) for m in model.modules())
+
+
+def test_backbone_lr_mult_scales_the_backbone_groups_only():
+    from vision_tasks.models import ssdlite_mobilenet_v2
+    from vision_tasks.optim import apply_lr_mult
+
+    model = ssdlite_mobilenet_v2(num_classes=2, width_mult=0.35, image_size=96)
+    backbone = {id(p) for p in model.backbone.parameters()}
+    optimizer = apply_lr_mult(torch.optim.AdamW(param_groups(model, 0.0, backbone_lr_mult=0.1), lr=1e-3, weight_decay=0.01))
+    assert len(optimizer.param_groups) == 4  # (head, backbone) x (decayed, not decayed)
+    seen = 0
+    for group in optimizer.param_groups:
+        in_backbone = {id(p) in backbone for p in group["params"]}
+        assert len(in_backbone) == 1  # no group mixes backbone and head parameters
+        assert group["lr"] == pytest.approx(1e-4 if in_backbone == {True} else 1e-3)
+        seen += len(group["params"])
+    assert seen == sum(1 for p in model.parameters() if p.requires_grad)
+    scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.5, total_iters=2)
+    assert [g["initial_lr"] for g in optimizer.param_groups] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4])
+    apply_lr_mult(optimizer)  # again (e.g. a resumed optimizer): the scheduled groups are left alone
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([5e-4, 5e-4, 5e-5, 5e-5])
+    del scheduler
+    assert len(param_groups(model, None)) == 1 and len(param_groups(model, 0.0)) == 2  # 1.0: the old layout
+    with pytest.raises(ValueError, match="backbone_lr_mult"):
+        param_groups(model, 0.0, backbone_lr_mult=-1)
+
+
+def test_task_passes_backbone_lr_mult_to_its_optimizer():
+    import functools
+
+    from vision_tasks.tasks import ClassificationTask
+
+    task = ClassificationTask(mobilenet_v2_classifier(num_classes=3, width_mult=0.35), norm_weight_decay=0.0,
+                              optimizer=functools.partial(torch.optim.SGD, lr=0.1), backbone_lr_mult=0.0)
+    lrs = {id(p): g["lr"] for g in task.configure_optimizers().param_groups for p in g["params"]}
+    assert all(lrs[id(p)] == 0.0 for p in task.model.backbone.parameters())
+    assert all(lrs[id(p)] == 0.1 for n, p in task.model.named_parameters() if not n.startswith("backbone."))
+    with pytest.raises(ValueError, match="backbone_lr_mult"):
+        ClassificationTask(mobilenet_v2_classifier(num_classes=3, width_mult=0.35), backbone_lr_mult=-0.5)

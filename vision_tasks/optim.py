@@ -8,7 +8,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, PolynomialLR, SequentialLR
 
-__all__ = ["PolyLR", "WarmupCosineLR", "param_groups"]
+__all__ = ["PolyLR", "WarmupCosineLR", "apply_lr_mult", "param_groups"]
 
 
 class _WarmupThen(SequentialLR):
@@ -141,23 +141,49 @@ class PolyLR(_WarmupThen):
         super().__init__(optimizer, total_steps, warmup, warmup_factor, PolynomialLR, power=power)
 
 
-def param_groups(model: nn.Module, norm_weight_decay: float | None) -> list[dict]:
-    """Parameter groups in which BatchNorm weights and all biases get ``norm_weight_decay``.
+def param_groups(model: nn.Module, norm_weight_decay: float | None, backbone_lr_mult: float = 1.0) -> list[dict]:
+    """Parameter groups in which BatchNorm weights and all biases get ``norm_weight_decay`` and the
+    backbone's parameters the learning rate times ``backbone_lr_mult``.
 
     TF-Slim (the paper's code) regularises conv and fully connected weights only; torchvision's
     recipe calls this ``--norm-weight-decay 0``. The other group keeps the optimizer's own
-    ``weight_decay``. ``None``: a single group.
+    ``weight_decay``. ``None``: no group of its own for them.
+
+    ``backbone_lr_mult`` (mmdetection's ``paramwise_cfg`` ``lr_mult``, DETR's ``lr_backbone``): the
+    parameters of ``model.backbone`` are put in groups marked ``"lr_mult"``; :func:`apply_lr_mult`
+    scales their learning rate once the optimizer is built (the groups' lr is not known before).
+    At 1.0 (default) no such groups are made.
     """
+    if backbone_lr_mult < 0:
+        raise ValueError(f"backbone_lr_mult must be >= 0, got {backbone_lr_mult}")
     params = [p for p in model.parameters() if p.requires_grad]
-    if norm_weight_decay is None:
-        return [{"params": params}]
-    norm_ids = {
+    norm_ids = set() if norm_weight_decay is None else {
         id(p)
         for m in model.modules()
         for name, p in m.named_parameters(recurse=False)
         if name == "bias" or isinstance(m, nn.modules.batchnorm._NormBase)
     }
-    return [
-        {"params": [p for p in params if id(p) not in norm_ids]},
-        {"params": [p for p in params if id(p) in norm_ids], "weight_decay": norm_weight_decay},
-    ]
+    backbone = getattr(model, "backbone", None)
+    backbone_ids = set() if backbone_lr_mult == 1.0 or not isinstance(backbone, nn.Module) else {
+        id(p) for p in backbone.parameters()}
+    groups = []
+    for in_backbone in (False, True) if backbone_ids else (False,):
+        for is_norm in (False, True) if norm_weight_decay is not None else (False,):
+            # empty groups are kept: the layout then depends on the settings only (optimizer states resume)
+            members = [p for p in params if (id(p) in backbone_ids) == in_backbone and (id(p) in norm_ids) == is_norm]
+            group: dict = {"params": members}
+            if is_norm:
+                group["weight_decay"] = norm_weight_decay
+            if in_backbone:
+                group["lr_mult"] = float(backbone_lr_mult)
+            groups.append(group)
+    return groups
+
+
+def apply_lr_mult(optimizer: Optimizer) -> Optimizer:
+    """Scale the ``lr`` of each group marked ``"lr_mult"`` (:func:`param_groups`), before a scheduler
+    records it as the group's ``initial_lr``."""
+    for group in optimizer.param_groups:
+        if "lr_mult" in group and "initial_lr" not in group:
+            group["lr"] = group["lr"] * group["lr_mult"]
+    return optimizer

@@ -14,7 +14,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from ..models.weights import CHECKPOINT_KEY  # checkpoint entry: task name, model class/config, class names
-from ..optim import param_groups
+from ..optim import apply_lr_mult, param_groups
 
 OptimizerFactory = Callable[[Iterable], Optimizer]
 SchedulerFactory = Callable[[Optimizer], LRScheduler]
@@ -34,7 +34,10 @@ class VisionTask(pl.LightningModule):
     Other schedulers (StepLR, ExponentialLR ...) are built from the optimizer alone and count steps
     themselves. Subclasses set ``name`` (the task name used by the configs) and ``monitor`` (the
     default metric that selects the best checkpoint, maximised); the ``monitor`` argument chooses
-    another one (e.g. ``val/map_50``).
+    another one (e.g. ``val/map_50``). ``norm_weight_decay`` is the weight decay of BatchNorm weights and
+    biases (:func:`~vision_tasks.optim.param_groups`); ``backbone_lr_mult`` scales the learning rate of
+    ``model.backbone`` (0.1 when fine-tuning a pretrained backbone under fresh heads with Adam-type
+    optimizers, whose equal-sized steps otherwise wash out small pretrained weights; 0 trains the heads only).
 
     Checkpoints carry ``checkpoint["vision_tasks"]`` = task name, model class, model config and
     class names, so ``tools/test.py`` rebuilds the model from the checkpoint alone and refuses a
@@ -52,8 +55,11 @@ class VisionTask(pl.LightningModule):
         scheduler_interval: str = "epoch",
         norm_weight_decay: float | None = None,
         monitor: str | None = None,
+        backbone_lr_mult: float = 1.0,
     ) -> None:
         super().__init__()
+        if not isinstance(backbone_lr_mult, (int, float)) or backbone_lr_mult < 0:
+            raise ValueError(f"backbone_lr_mult must be a number >= 0, got {backbone_lr_mult!r}")
         if monitor is not None:
             if not isinstance(monitor, str) or not monitor.startswith("val/"):
                 raise ValueError(f"monitor must name a validation metric such as {type(self).monitor!r}, got {monitor!r}")
@@ -65,6 +71,7 @@ class VisionTask(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.norm_weight_decay = norm_weight_decay
+        self.backbone_lr_mult = float(backbone_lr_mult)
         self.class_names: list[str] | None = None
         self.keep_results = False  # tools/test.py: keep per-sample results for export_results()
 
@@ -80,7 +87,7 @@ class VisionTask(pl.LightningModule):
     def configure_optimizers(self):
         if self.optimizer_factory is None:
             raise ValueError(f"{type(self).__name__} needs an optimizer to train (config key task.optimizer)")
-        optimizer = self.optimizer_factory(param_groups(self.model, self.norm_weight_decay))
+        optimizer = apply_lr_mult(self.optimizer_factory(param_groups(self.model, self.norm_weight_decay, self.backbone_lr_mult)))
         if self.scheduler_factory is None:
             return optimizer
         wanted = [name for name in ("total_steps", "steps_per_epoch") if _accepts(self.scheduler_factory, name)]

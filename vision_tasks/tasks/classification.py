@@ -20,7 +20,7 @@ class ClassificationTask(VisionTask):
     Args:
         model: a classifier, e.g. :func:`vision_tasks.models.mobilenet_v2_classifier`; it must have
             a ``num_classes`` attribute.
-        optimizer, scheduler, scheduler_interval, norm_weight_decay, monitor: see :class:`VisionTask`.
+        optimizer, scheduler, scheduler_interval, norm_weight_decay, monitor, backbone_lr_mult: see :class:`VisionTask`.
         label_smoothing: cross-entropy label smoothing (TF-Slim's MobileNetV2 recipe: 0.1).
 
     Example::
@@ -42,8 +42,9 @@ class ClassificationTask(VisionTask):
         norm_weight_decay: float | None = None,
         label_smoothing: float = 0.0,
         monitor: str | None = None,
+        backbone_lr_mult: float = 1.0,
     ) -> None:
-        super().__init__(model, optimizer, scheduler, scheduler_interval, norm_weight_decay, monitor)
+        super().__init__(model, optimizer, scheduler, scheduler_interval, norm_weight_decay, monitor, backbone_lr_mult)
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
         num_classes = getattr(model, "num_classes", None)
         if not isinstance(num_classes, int):

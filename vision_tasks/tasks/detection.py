@@ -66,7 +66,7 @@ class DetectionTask(VisionTask):
 
     Args:
         model: the detector; it must expose an integer ``num_classes`` (foreground classes).
-        optimizer, scheduler, scheduler_interval, norm_weight_decay, monitor: see :class:`VisionTask`.
+        optimizer, scheduler, scheduler_interval, norm_weight_decay, monitor, backbone_lr_mult: see :class:`VisionTask`.
         localization_weight: weight of the box loss against the classification loss (TF: 1.0).
         label_map: for evaluation, the dataset label of each of the model's ``num_classes`` labels, -1 for
             none; ``None`` (default): the model's labels are the dataset's.
@@ -84,9 +84,10 @@ class DetectionTask(VisionTask):
         norm_weight_decay: float | None = None,
         localization_weight: float = 1.0,
         monitor: str | None = None,
+        backbone_lr_mult: float = 1.0,
         label_map: Sequence[int] | None = None,
     ) -> None:
-        super().__init__(model, optimizer, scheduler, scheduler_interval, norm_weight_decay, monitor)
+        super().__init__(model, optimizer, scheduler, scheduler_interval, norm_weight_decay, monitor, backbone_lr_mult)
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
         if not isinstance(getattr(model, "num_classes", None), int):
             raise ValueError(f"{type(model).__name__} must expose an integer num_classes attribute")

@@ -60,7 +60,7 @@ class SegmentationTask(VisionTask):
 
     Args:
         model: the segmentation model; it must expose an integer ``num_classes``.
-        optimizer, scheduler, scheduler_interval, norm_weight_decay, monitor: see :class:`VisionTask`;
+        optimizer, scheduler, scheduler_interval, norm_weight_decay, monitor, backbone_lr_mult: see :class:`VisionTask`;
             DeepLab's recipe is SGD with :class:`~vision_tasks.optim.PolyLR` stepped per batch.
         ignore_index: the mask value of unlabelled pixels, left out of the loss and the metrics.
         aux_weight: weight of the auxiliary loss; > 0 needs a model whose ``forward_with_aux``
@@ -96,8 +96,9 @@ class SegmentationTask(VisionTask):
         eval_average: str = "logits",
         eval_pad_size: int | None = None,
         monitor: str | None = None,
+        backbone_lr_mult: float = 1.0,
     ) -> None:
-        super().__init__(model, optimizer, scheduler, scheduler_interval, norm_weight_decay, monitor)
+        super().__init__(model, optimizer, scheduler, scheduler_interval, norm_weight_decay, monitor, backbone_lr_mult)
         eval_scales = [float(s) for s in eval_scales]  # plain floats in the hyperparameters (a Hydra ListConfig, ...)
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
         num_classes = getattr(model, "num_classes", None)
