@@ -138,8 +138,8 @@ def test_deeplab_subset_by_name_keeps_the_logit_rows(tmp_path):
 
 def test_a_whole_model_file_brings_its_architecture_to_training(tmp_path):
     """runner._model: weights= holding a whole detector (here 0.35 wide, 4 COCO classes) train that detector,
-    with the data's classes and category ids, the data's image size and the config's freeze_bn, whatever
-    model.width_mult says; load_pretrained then keeps the rows of the data's classes."""
+    with the data's classes and category ids, the data's image size and the config's freeze_bn and bn_momentum,
+    whatever model.width_mult says; load_pretrained then keeps the rows of the data's classes."""
     from types import SimpleNamespace
 
     from omegaconf import OmegaConf
@@ -155,10 +155,13 @@ def test_a_whole_model_file_brings_its_architecture_to_training(tmp_path):
     record_path(weights).write_text(json.dumps(record))
     cfg = OmegaConf.create({"model": OmegaConf.load(CONFIG_DIR / "model" / "detection.yaml"), "data": {"image_size": 128}})
     cfg.model.freeze_bn = True
+    cfg.model.bn_momentum = 0.1
     data = SimpleNamespace(num_classes=2, category_ids=[18, 1], class_names=["dog", "person"], image_size=128)
     model = _model(cfg, data, describe_weights(str(weights)))
     assert isinstance(model, SSDLiteMobileNetV2) and model.num_classes == 2 and model.category_ids == [18, 1]
     assert model.config["width_mult"] == 0.35 and model.config["freeze_bn"] is True and model.config["image_size"] == 128
+    head_bns = [m for m in model.head.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert head_bns and {m.momentum for m in head_bns} == {0.1}  # the source's 0.03 gives way to the config's
     report = load_pretrained(model, str(weights), data.class_names, data.category_ids)
     assert report.kept == ["dog", "person"] and report.fresh == []
 

@@ -48,7 +48,7 @@ def _datamodule(cfg: DictConfig, stage: str) -> pl.LightningDataModule:
 
 
 # Model arguments that a whole-model weight file leaves to the run's config: how to train it, not what it is.
-_TRAINING_KNOBS = ("freeze_bn", "dropout")
+_TRAINING_KNOBS = ("freeze_bn", "dropout", "bn_momentum")
 
 
 def _model(cfg: DictConfig, datamodule: pl.LightningDataModule, info: WeightsInfo | None = None) -> nn.Module:
@@ -56,7 +56,7 @@ def _model(cfg: DictConfig, datamodule: pl.LightningDataModule, info: WeightsInf
 
     Weights that hold a whole model of the task (a checkpoint, a converted file, a TFLite release: ``info``)
     bring their architecture: the model is the one they describe, with the dataset's classes and
-    ``cfg.model``'s training settings (``freeze_bn``, ``dropout``).
+    ``cfg.model``'s training settings (``freeze_bn``, ``dropout``, ``bn_momentum``).
     """
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     data_classes = getattr(datamodule, "num_classes", None)
