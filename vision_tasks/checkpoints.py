@@ -1,24 +1,68 @@
-"""Reading this project's Lightning checkpoints safely (``weights_only=True``) and rebuilding their models."""
+"""Reading this project's Lightning checkpoints safely (``weights_only=True``) and rebuilding their models, and
+writing them so that a failed save never costs the previous one (:class:`AtomicCheckpointIO`)."""
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch import nn
 
 import backbones
 
+from .files import atomic_write
 from .models import build_model
 from .models.weights import CHECKPOINT_KEY, describe_checkpoint
 
-__all__ = ["CheckpointError", "read_checkpoint_meta", "model_from_checkpoint"]
+__all__ = ["AtomicCheckpointIO", "CheckpointError", "non_finite_tensors",
+           "read_checkpoint_meta", "model_from_checkpoint"]
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be used for the requested task."""
+    """A checkpoint that cannot be used for the requested task, or that is refused a write."""
+
+
+def non_finite_tensors(state: dict[str, Any]) -> list[str]:
+    """The names of the floating-point tensors of ``state`` that hold a NaN or an infinity."""
+    names = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    if not names:
+        return []
+    # one reduction per tensor and a single device sync: the largest magnitude is finite iff every value is
+    peaks = torch.stack([state[k].detach().abs().amax().float() if state[k].numel() else
+                         torch.zeros((), device=state[k].device) for k in names])
+    finite = torch.isfinite(peaks).tolist()
+    return [name for name, ok in zip(names, finite) if not ok]
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO`` whose local saves are atomic and never hold non-finite weights.
+
+    A checkpoint is written with :func:`vision_tasks.files.atomic_write` (a temporary file in the
+    checkpoint's folder, flushed, fsynced, then renamed), so a kill or a full disk during a save leaves the
+    previous ``last.ckpt`` whole; Lightning's own save stages the file in the system temp folder and copies
+    it over the checkpoint when that is another filesystem. A checkpoint whose ``state_dict`` holds NaN or
+    infinite values (a diverged run) is refused: the error names the file and the tensors, and the previous
+    file stays. Remote paths (``s3://`` ...) go through Lightning's own save.
+
+    Hydra: ``trainer.plugins`` of ``configs/trainer/``; LightningCLI: ``trainer.plugins`` of
+    ``configs/lightning/*.yaml``.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        bad = non_finite_tensors(checkpoint.get("state_dict") or {})
+        if bad:
+            raise CheckpointError(
+                f"refusing to write {path}: the weights hold NaN or infinite values ({', '.join(bad[:5])}"
+                f"{' ...' if len(bad) > 5 else ''}), so training diverged; {path} keeps its previous content"
+            )
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        atomic_write(os.fspath(path), lambda f: torch.save(checkpoint, f))
 
 
 def read_checkpoint_meta(path: str | Path, expected_task: str | None = None) -> dict[str, Any]:

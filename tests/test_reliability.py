@@ -1,0 +1,163 @@
+"""Work is never lost: a diverging run stops before it costs a good checkpoint, saves are atomic, resuming keeps
+the run's history, and a run directory is never overwritten by another run or an evaluation."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from conftest import ROOT, TINY
+from vision_tasks import runner
+from vision_tasks.runner import CONFIG_DIR
+
+
+def _cfg(primary: str, run_dir: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(primary, overrides=[f"run_dir={run_dir}", *overrides])
+
+
+def _train(run_dir: Path, *overrides: str) -> Path:
+    return runner.train(_cfg("train", run_dir, "task=classification", *TINY, *overrides))
+
+
+def _strict_json(text: str):
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _finite(path: Path) -> bool:
+    state = torch.load(path, weights_only=True)["state_dict"]
+    return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def _temporaries(*folders: Path) -> list[Path]:
+    return [p for folder in folders if folder.is_dir() for p in folder.rglob("*") if ".tmp" in p.name]
+
+
+HOST = socket.gethostname().replace("-", "_")  # as the temporary files of vision_tasks.files.atomic_write name it
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+# 2. Atomic saves ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("where", ["mid-write", "fsync"])
+def test_atomic_write_keeps_the_previous_file_whole_when_writing_fails(tmp_path, monkeypatch, where):
+    from vision_tasks.files import atomic_write
+
+    path = tmp_path / "metrics.json"
+    atomic_write(path, "previous\n")
+
+    def half_then_full_disk(f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if where == "fsync":
+        def full_disk(fd):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write(path, half_then_full_disk if where == "mid-write" else b"new content")
+    assert path.read_text() == "previous\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary file left
+
+
+def test_a_failed_checkpoint_save_keeps_last_ckpt_when_the_run_is_on_another_filesystem(tmp_path, env, one_thread,
+                                                                                        monkeypatch):
+    """The run directory on another filesystem than the system temp folder (where Lightning's save staged its file),
+    and the disk filling up during the next save: last.ckpt and best.ckpt stay byte-identical, no temporary file stays."""
+    other_fs = Path("/dev/shm")
+    if not other_fs.is_dir() or os.stat(other_fs).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on another filesystem than the test's temporary folder")
+    run_dir = tmp_path / "run"
+    _train(run_dir)
+    saved = {name: (run_dir / "checkpoints" / name).read_bytes() for name in ("last.ckpt", "best.ckpt")}
+
+    system_tmp = Path(tempfile.mkdtemp(dir=other_fs))
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+
+    def is_checkpoint(fd: int) -> bool:
+        return ".ckpt" in os.readlink(f"/proc/self/fd/{fd}")
+
+    real_fsync, real_sendfile = os.fsync, os.sendfile
+
+    def full_disk_fsync(fd):  # the disk fills while the checkpoint is flushed ...
+        if is_checkpoint(fd):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    def full_disk_copy(out_fd, in_fd, offset, count):  # ... or while it is copied across filesystems
+        if is_checkpoint(out_fd):
+            os.write(out_fd, b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_sendfile(out_fd, in_fd, offset, count)
+
+    monkeypatch.setattr(os, "fsync", full_disk_fsync)
+    monkeypatch.setattr(os, "sendfile", full_disk_copy)
+    try:
+        with pytest.raises(OSError, match="No space left"):
+            _train(run_dir, "trainer.max_epochs=2", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
+        for name, content in saved.items():
+            assert (run_dir / "checkpoints" / name).read_bytes() == content, f"{name} was damaged by the failed save"
+        assert not _temporaries(run_dir, system_tmp)
+    finally:
+        monkeypatch.undo()
+        for p in system_tmp.iterdir():
+            p.unlink()
+        system_tmp.rmdir()
+
+
+def test_a_killed_conversion_is_redone_by_running_it_again(tmp_path, monkeypatch):
+    """A kill between the two files of tools/convert_weights.py, and the temporary file of a killed writer: the same
+    command run again completes the conversion and removes the leftover."""
+    import torchvision
+
+    from vision_tasks import convert as convert_module
+
+    torch.save(torchvision.models.mobilenet_v2(width_mult=0.35).state_dict(), tmp_path / "tv.pth")
+    dst = tmp_path / "out" / "mnv2.safetensors"
+    dst.parent.mkdir()
+    stale = dst.parent / f".{dst.name}.tmp-{HOST}-{_dead_pid()}-0123abcd"
+    stale.write_bytes(b"x" * 1000)  # what a kill during the write of the weights leaves
+    real_replace = os.replace
+    calls = []
+
+    def killed_at_second_rename(a, b):
+        calls.append(b)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process is stopped between publishing its two files
+        real_replace(a, b)
+
+    monkeypatch.setattr(os, "replace", killed_at_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        convert_module.convert(tmp_path / "tv.pth", dst)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert not dst.exists()  # the weights users pass never appear without their record
+
+    weights, record = convert_module.convert(tmp_path / "tv.pth", dst)  # the same command again
+    assert json.loads(record.read_text())["model_config"]["width_mult"] == 0.35
+    from vision_tasks.models import model_from_weights
+
+    model_from_weights(weights)
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["mnv2.json", "mnv2.safetensors"]
+    with pytest.raises(FileExistsError, match="nothing is overwritten"):
+        convert_module.convert(tmp_path / "tv.pth", dst)
