@@ -57,6 +57,52 @@ def _dead_pid() -> int:
     return proc.pid
 
 
+# 1. A diverging run is caught --------------------------------------------------------------------------------------
+
+def test_exploding_schedule_stops_the_run_naming_step_epoch_and_last_good_checkpoint(tmp_path, env, one_thread):
+    """A step schedule that multiplies the learning rate by 1e30 after the first epoch: the run stops in the second
+    epoch with TrainingDiverged naming the step, the epoch and the checkpoint of the first epoch, which stays whole."""
+    run_dir = tmp_path / "run"
+    with pytest.raises(Exception) as err:
+        _train(run_dir, "trainer.max_epochs=3", "scheduler=step", "task.scheduler_interval=epoch",
+               "task.scheduler.gamma=1e30")
+    message = str(err.value)
+    assert type(err.value).__name__ == "TrainingDiverged", message
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert "training diverged at global step " in message and "(epoch 1, batch " in message, message
+    assert f"Last good checkpoint: {last} (epoch 0, global step 2)" in message, message
+    assert f"resume with ckpt_path={last}" in message
+    for name in ("last.ckpt", "best.ckpt"):  # written after epoch 0, never replaced by the diverged weights
+        checkpoint = torch.load(run_dir / "checkpoints" / name, weights_only=True)
+        assert checkpoint["global_step"] == 2 and _finite(run_dir / "checkpoints" / name), name
+    assert not _temporaries(run_dir)
+
+
+def test_metrics_json_is_valid_json_when_a_metric_is_nan(tmp_path):
+    from vision_tasks.callbacks import RunArtifacts
+
+    trainer = SimpleNamespace(is_global_zero=True, current_epoch=3, global_step=12,
+                              callback_metrics={"val/loss": torch.tensor(float("nan")), "val/acc1": torch.tensor(0.5),
+                                                "val/acc5": torch.tensor(float("inf")), "train/loss": torch.tensor(1.0)})
+    RunArtifacts(str(tmp_path))._write(trainer, ("val/",), training=True)
+    metrics = _strict_json((tmp_path / "metrics.json").read_text())
+    assert metrics["val/loss"] is None and metrics["val/acc5"] is None and metrics["val/acc1"] == 0.5
+    assert metrics["non_finite"] == {"val/loss": "nan", "val/acc5": "inf"}
+    assert metrics["epoch"] == 3 and metrics["global_step"] == 12
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused_and_the_previous_one_kept(tmp_path):
+    from vision_tasks.checkpoints import AtomicCheckpointIO, CheckpointError
+
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "epoch": 0}, path)
+    before = path.read_bytes()
+    with pytest.raises(CheckpointError, match=r"refusing to write .*last.ckpt: the weights hold NaN .*\(w\)"):
+        io.save_checkpoint({"state_dict": {"w": torch.tensor([1.0, float("nan"), 2.0])}, "epoch": 1}, path)
+    assert path.read_bytes() == before and not _temporaries(tmp_path)
+
+
 # 2. Atomic saves ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("where", ["mid-write", "fsync"])
