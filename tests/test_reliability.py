@@ -207,3 +207,68 @@ def test_a_killed_conversion_is_redone_by_running_it_again(tmp_path, monkeypatch
     assert sorted(p.name for p in dst.parent.iterdir()) == ["mnv2.json", "mnv2.safetensors"]
     with pytest.raises(FileExistsError, match="nothing is overwritten"):
         convert_module.convert(tmp_path / "tv.pth", dst)
+
+
+# 4. Run directories are protected ----------------------------------------------------------------------------------
+
+def test_evaluation_into_a_training_run_directory_writes_a_subfolder(tmp_path, env, one_thread):
+    run_dir = tmp_path / "run"
+    _train(run_dir)
+    records = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    cfg = _cfg("eval", run_dir, "task=classification", *TINY[:7], "trainer.limit_val_batches=2",
+               "trainer.enable_progress_bar=false", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
+    metrics = runner.test(cfg)
+    assert {p: p.read_bytes() for p in records} == records  # the training run's records are untouched
+    (sub,) = [p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith("test-")]
+    assert _strict_json((sub / "metrics.json").read_text())["val/acc1"] == pytest.approx(metrics["val/acc1"])
+    assert (sub / "config.yaml").is_file()
+    runner.test(cfg)  # a second evaluation gets a folder of its own
+    assert len([p for p in run_dir.iterdir() if p.name.startswith("test-")]) == 2
+
+
+def test_training_into_a_directory_with_records_but_no_checkpoints_is_refused(tmp_path, env):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text('{"val/acc1": 0.9}\n')
+    (run_dir / "config.yaml").write_text("someone: else\n")
+    with pytest.raises(FileExistsError, match=r"already holds the records of a run \(config.yaml, metrics.json\)"):
+        _train(run_dir)
+    assert (run_dir / "metrics.json").read_text() == '{"val/acc1": 0.9}\n'
+    assert (run_dir / "config.yaml").read_text() == "someone: else\n"
+
+
+def test_a_second_run_in_a_locked_directory_stops_at_once(tmp_path, env):
+    from filelock import FileLock
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with FileLock(run_dir / ".lock", timeout=0):  # the first run holds its directory
+        start = time.monotonic()
+        with pytest.raises(Exception, match=r"run directory .*run is in use by another run") as err:
+            _train(run_dir)
+        assert type(err.value).__name__ == "RunDirectoryBusy"
+        assert time.monotonic() - start < 10
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]  # the second run wrote nothing
+
+
+def test_default_run_directories_of_runs_started_together_differ(tmp_path):
+    """Two runs started in the same second (the clock of Hydra's ${now:} held still) get two directories."""
+    argv = ["train.py", "--cfg", "hydra", "--resolve", "-p", "hydra.run.dir"]
+    same_second = (
+        "import datetime, runpy, sys, hydra.core.utils as hydra_utils\n"
+        "class Clock(datetime.datetime):\n"
+        "    @classmethod\n"
+        "    def now(cls, tz=None):\n"
+        "        return cls(2030, 1, 1, 12, 0, 0)\n"
+        "hydra_utils.datetime = Clock\n"
+        f"sys.argv = {argv!r}\n"
+        f"runpy.run_path({str(ROOT / 'tools' / 'train.py')!r}, run_name='__main__')\n"
+    )
+    command = [sys.executable, "-c", same_second]
+    environ = dict(os.environ, PYTHONPATH=str(ROOT))
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "SLURM_JOB_ID", "SLURM_PROCID", "TORCHELASTIC_RUN_ID"):
+        environ.pop(key, None)
+    procs = [subprocess.Popen(command, cwd=tmp_path, env=environ, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    dirs = [proc.communicate(timeout=300)[0].strip() for proc in procs]
+    assert all(d.startswith("runs/classification/train-2030-01-01_12-00-00") for d in dirs), dirs
+    assert dirs[0] != dirs[1]
