@@ -209,6 +209,55 @@ def test_a_killed_conversion_is_redone_by_running_it_again(tmp_path, monkeypatch
         convert_module.convert(tmp_path / "tv.pth", dst)
 
 
+# 3. Resuming keeps the history -------------------------------------------------------------------------------------
+
+def _csv_rows(run_dir: Path) -> list[dict[str, str]]:
+    import csv
+
+    with (run_dir / "logs" / "metrics.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_resuming_appends_to_the_logs_and_resuming_a_finished_run_changes_nothing(tmp_path, env, one_thread, capsys):
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    _train(run_dir)
+    first = _csv_rows(run_dir)
+    assert {r["epoch"] for r in first if r["epoch"]} == {"0"}
+    stale = run_dir / "checkpoints" / f".last.ckpt.tmp-{HOST}-{_dead_pid()}-0123abcd"
+    stale.write_bytes(b"half a checkpoint")  # a save killed in an earlier run
+
+    _train(run_dir, "trainer.max_epochs=2", f"ckpt_path={last}")
+    rows = _csv_rows(run_dir)
+    assert rows[:len(first)] == [{k: r.get(k, "") for k in rows[0]} for r in first]  # the first part's rows kept
+    assert {r["epoch"] for r in rows if r["epoch"]} == {"0", "1"}
+    assert [r["val/acc1"] != "" for r in rows].count(True) == 2  # one validation per epoch, none repeated
+    metrics = _strict_json((run_dir / "metrics.json").read_text())
+    assert metrics["epoch"] == 2 and metrics["global_step"] == 4 and "val/acc1" in metrics
+    assert not stale.exists() and not _temporaries(run_dir)
+
+    records = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    _train(run_dir, "trainer.max_epochs=2", f"ckpt_path={last}")  # finished: nothing to do
+    out = capsys.readouterr().out
+    assert "nothing to do" in out and "finished run" in out and "trainer.max_epochs=2" in out, out
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == records
+
+
+def test_resumable_csv_logger_replaces_the_rows_a_resumed_run_logs_again(tmp_path):
+    """A run killed after its last checkpoint logged steps that the resumed run does again, and a row cut short."""
+    from vision_tasks.loggers import ResumableCSVLogger
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "metrics.csv").write_text("epoch,step,val/acc1\r\n0,1,0.5\r\n1,3,0.6\r\n2,5,0.")
+    logger = ResumableCSVLogger(tmp_path, name="logs", version="")
+    logger.log_metrics({"epoch": 1, "val/acc1": 0.7, "train/loss": 1.5}, step=3)
+    logger.save()
+    assert _csv_rows(tmp_path) == [{"epoch": "0", "step": "1", "train/loss": "", "val/acc1": "0.5"},
+                                   {"epoch": "1", "step": "3", "train/loss": "1.5", "val/acc1": "0.7"}]
+
+
 # 4. Run directories are protected ----------------------------------------------------------------------------------
 
 def test_evaluation_into_a_training_run_directory_writes_a_subfolder(tmp_path, env, one_thread):

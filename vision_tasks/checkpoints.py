@@ -18,7 +18,7 @@ from .files import atomic_write
 from .models import build_model
 from .models.weights import CHECKPOINT_KEY, describe_checkpoint
 
-__all__ = ["AtomicCheckpointIO", "CheckpointError", "non_finite_tensors",
+__all__ = ["AtomicCheckpointIO", "CheckpointError", "checkpoint_progress", "non_finite_tensors",
            "read_checkpoint_meta", "model_from_checkpoint"]
 
 
@@ -72,6 +72,13 @@ def read_checkpoint_meta(path: str | Path, expected_task: str | None = None) -> 
     project's checkpoints, or (with ``expected_task``) a checkpoint of another task.
     """
     return _read(path, expected_task)[CHECKPOINT_KEY]
+
+
+def checkpoint_progress(path: str | Path) -> tuple[int, int]:
+    """``(epochs whose training is done, global step)`` of a Lightning training checkpoint."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    return int(progress.get("processed", checkpoint.get("epoch", 0))), int(checkpoint.get("global_step", 0))
 
 
 def _read(path: str | Path, expected_task: str | None) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from torch import nn
 import backbones
 
 from .callbacks import RunArtifacts
-from .checkpoints import model_from_checkpoint, read_checkpoint_meta
+from .checkpoints import checkpoint_progress, model_from_checkpoint, read_checkpoint_meta
 from .files import atomic_write, remove_stale_temporaries
 from .models import MODELS, WeightsInfo, build_model, describe_weights, model_from_weights, weights_settings
 from .models.transfer import load_pretrained, match_classes
@@ -263,6 +263,17 @@ def _evaluation_dir(run_dir: Path) -> Path:
     raise FileExistsError(f"no free test-{stamp}-N subfolder in {run_dir}")
 
 
+def _finished(cfg: DictConfig, ckpt_path: str) -> str | None:
+    """Why resuming ``ckpt_path`` with this config would train nothing (the run it continues is finished), or None."""
+    epochs, step = checkpoint_progress(ckpt_path)
+    max_epochs, max_steps = cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps", -1)
+    if max_steps is not None and max_steps != -1 and step >= max_steps:
+        return f"it reached global step {step} of trainer.max_steps={max_steps}"
+    if max_epochs is not None and max_epochs != -1 and epochs >= max_epochs:
+        return f"it completed {epochs} epochs of trainer.max_epochs={max_epochs} (global step {step})"
+    return None
+
+
 def train(cfg: DictConfig) -> Path:
     """Train the configured task; returns the run directory.
 
@@ -270,12 +281,17 @@ def train(cfg: DictConfig) -> Path:
     loggers ``checkpoints/{last,best}.ckpt``, ``metrics.json`` (final validation metrics),
     ``logs/metrics.csv`` and ``curves.png``. A new run refuses a directory that holds another run's records;
     a run resumed in its own directory continues them. The run holds ``RUN_DIR/.lock``: a second run in the
-    same directory stops at once (:class:`RunDirectoryBusy`).
+    same directory stops at once (:class:`RunDirectoryBusy`). Resuming a finished run says so and changes nothing.
     """
     run_dir = Path(cfg.run_dir)
     task_cls = get_class(cfg.task._target_)
     if cfg.ckpt_path:  # refuse a wrong or foreign checkpoint now, not after setting everything up
         read_checkpoint_meta(cfg.ckpt_path, expected_task=task_cls.name)
+        finished = _finished(cfg, cfg.ckpt_path)
+        if finished:
+            print(f"nothing to do: ckpt_path={cfg.ckpt_path} is of a finished run ({finished}); nothing was trained "
+                  f"or written. To train it further, resume with a larger trainer.max_epochs (or trainer.max_steps).")
+            return run_dir
     with _run_directory_lock(run_dir):
         if _is_first_process():  # the processes a DDP run starts find its config.yaml: theirs
             _check_run_dir(run_dir, cfg.ckpt_path)
