@@ -345,4 +345,4 @@ def test_callbacks_and_loggers_are_config_groups(tmp_path):
     assert isinstance(logger, CSVLogger) and Path(logger.log_dir) == tmp_path / "run" / "logs"
     pytest.importorskip("tensorboard", reason="TensorBoard is an optional extra: pip install '.[tensorboard]'")
     loggers = runner._instantiate_all(_compose("logger=tensorboard", tmp_path=tmp_path).logger)
-    assert sorted(type(l).__name__ for l in loggers) == ["CSVLogger", "TensorBoardLogger"]
+    assert sorted(type(l).__name__ for l in loggers) == ["ResumableCSVLogger", "TensorBoardLogger"]

@@ -213,6 +213,7 @@ def _run_directory_lock(run_dir: Path) -> Iterator[None]:
         return
     from filelock import FileLock, Timeout
 
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(run_dir / LOCK_NAME, timeout=0)
     try:
@@ -229,6 +230,9 @@ def _run_directory_lock(run_dir: Path) -> Iterator[None]:
         yield
     finally:
         lock.release()
+        if created and [p.name for p in run_dir.iterdir()] == [LOCK_NAME]:  # stopped before writing anything
+            (run_dir / LOCK_NAME).unlink(missing_ok=True)
+            run_dir.rmdir()
 
 
 def _check_run_dir(run_dir: Path, ckpt_path: str | None) -> None:
