@@ -3,6 +3,7 @@ writing them so that a failed save never costs the previous one (:class:`AtomicC
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 from pathlib import Path
@@ -28,12 +29,12 @@ class CheckpointError(ValueError):
 
 def non_finite_tensors(state: dict[str, Any]) -> list[str]:
     """The names of the floating-point tensors of ``state`` that hold a NaN or an infinity."""
-    names = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    names = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel()]
     if not names:
         return []
-    # one reduction per tensor and a single device sync: the largest magnitude is finite iff every value is
-    peaks = torch.stack([state[k].detach().abs().amax().float() if state[k].numel() else
-                         torch.zeros((), device=state[k].device) for k in names])
+    # the largest magnitude of each tensor (a reduction, no copy) is finite iff all its values are; one sync
+    device = state[names[0]].device
+    peaks = torch.stack([torch.linalg.vector_norm(state[k].detach(), ord=math.inf).float().to(device) for k in names])
     finite = torch.isfinite(peaks).tolist()
     return [name for name, ok in zip(names, finite) if not ok]
 
