@@ -235,6 +235,8 @@ def test_resuming_appends_to_the_logs_and_resuming_a_finished_run_changes_nothin
     metrics = _strict_json((run_dir / "metrics.json").read_text())
     assert metrics["epoch"] == 2 and metrics["global_step"] == 4 and "val/acc1" in metrics
     assert not stale.exists() and not _temporaries(run_dir)
+    assert "max_epochs: 1" in (run_dir / "config.1.yaml").read_text()  # the first part's config is kept
+    assert "max_epochs: 2" in (run_dir / "config.yaml").read_text()
 
     records = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     capsys.readouterr()

@@ -182,8 +182,17 @@ def _trainer(cfg: DictConfig, **kwargs: Any) -> pl.Trainer:
 
 
 def _save_config(cfg: DictConfig, run_dir: Path) -> None:
-    if rank_zero_only.rank == 0:
-        atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    """``config.yaml``, resolved. A resumed run whose config differs (a longer schedule ...) keeps the earlier
+    part's as ``config.1.yaml``, ``config.2.yaml`` ...: ``config.yaml`` is the latest."""
+    if rank_zero_only.rank != 0:
+        return
+    path, text = run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True)
+    if path.is_file() and path.read_text() != text:
+        n = 1
+        while (run_dir / f"config.{n}.yaml").exists():
+            n += 1
+        atomic_write(run_dir / f"config.{n}.yaml", path.read_bytes())
+    atomic_write(path, text)
 
 
 # What a run leaves in its directory: a new run never writes over these, an evaluation never replaces them.
