@@ -283,7 +283,7 @@ def _finished(cfg: DictConfig, ckpt_path: str) -> str | None:
     if max_steps is not None and max_steps != -1 and step >= max_steps:
         return f"it reached global step {step} of trainer.max_steps={max_steps}"
     if max_epochs is not None and max_epochs != -1 and epochs >= max_epochs:
-        return f"it completed {epochs} epochs of trainer.max_epochs={max_epochs} (global step {step})"
+        return f"it completed {epochs} of trainer.max_epochs={max_epochs} epochs, global step {step}"
     return None
 
 
@@ -302,7 +302,7 @@ def train(cfg: DictConfig) -> Path:
         read_checkpoint_meta(cfg.ckpt_path, expected_task=task_cls.name)
         finished = _finished(cfg, cfg.ckpt_path)
         if finished:
-            print(f"nothing to do: ckpt_path={cfg.ckpt_path} is of a finished run ({finished}); nothing was trained "
+            print(f"nothing to do: ckpt_path={cfg.ckpt_path} is of a finished run: {finished}. Nothing was trained "
                   f"or written. To train it further, resume with a larger trainer.max_epochs (or trainer.max_steps).")
             return run_dir
     with _run_directory_lock(run_dir):
