@@ -46,7 +46,9 @@ def data_dir(tmp_path_factory) -> Path:
 @pytest.fixture()
 def env(data_dir, monkeypatch) -> dict[str, str]:
     monkeypatch.setenv("VISION_TASKS_DATA", str(data_dir))
-    environ = dict(os.environ, VISION_TASKS_DATA=str(data_dir), PYTHONPATH=str(ROOT / "tests"))
+    # the checkout under test first: an installed vision_tasks (e.g. an editable install of another worktree) must
+    # not stand in for it in the subprocesses
+    environ = dict(os.environ, VISION_TASKS_DATA=str(data_dir), PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
     environ.pop("CUDA_VISIBLE_DEVICES", None)
     return environ
 

@@ -332,7 +332,7 @@ def test_callbacks_and_loggers_are_config_groups(tmp_path):
     cfg = _compose("task=detection", tmp_path=tmp_path)
     callbacks = runner._instantiate_all(cfg.callbacks)
     kinds = sorted(type(c).__name__ for c in callbacks)
-    assert kinds == ["LearningRateMonitor", "ModelCheckpoint", "ModelCheckpoint", "RunArtifacts",
+    assert kinds == ["DivergenceGuard", "LearningRateMonitor", "ModelCheckpoint", "ModelCheckpoint", "RunArtifacts",
                      "UnfoldBatchNorm"]  # no EMA by default
     best = next(c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor)
     assert best.monitor == "val/map" and best.dirpath == str(tmp_path / "run" / "checkpoints")
@@ -345,4 +345,4 @@ def test_callbacks_and_loggers_are_config_groups(tmp_path):
     assert isinstance(logger, CSVLogger) and Path(logger.log_dir) == tmp_path / "run" / "logs"
     pytest.importorskip("tensorboard", reason="TensorBoard is an optional extra: pip install '.[tensorboard]'")
     loggers = runner._instantiate_all(_compose("logger=tensorboard", tmp_path=tmp_path).logger)
-    assert sorted(type(l).__name__ for l in loggers) == ["CSVLogger", "TensorBoardLogger"]
+    assert sorted(type(l).__name__ for l in loggers) == ["ResumableCSVLogger", "TensorBoardLogger"]

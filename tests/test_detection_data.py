@@ -604,13 +604,13 @@ def test_voc_coco_annotation_file_written_on_first_access_once(tmp_path, monkeyp
     cache = tmp_path / "cache"
     monkeypatch.setenv("VISION_TASKS_DATA", str(cache))
     written = []
-    write = detection_modules.write_text_atomically
+    write = detection_modules.atomic_write
 
     def counted_write(path, text):
         written.append(path)
         write(path, text)
 
-    monkeypatch.setattr(detection_modules, "write_text_atomically", counted_write)
+    monkeypatch.setattr(detection_modules, "atomic_write", counted_write)
     root = tmp_path / "VOCdevkit"
     _voc(root, "2007", "trainval", VOC_ITEMS)
     _voc(root, "2007", "test", {"t1": [("dog", 1, (2, 2, 9, 9))]})

@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from vision_tasks.files import atomic_write  # noqa: E402
 from vision_tasks.models import deeplabv3_mobilenet_v2, mobilenet_v2_classifier, ssdlite_mobilenet_v2  # noqa: E402
 from vision_tasks.stats import MADD_OPS, count_params, flops_by_op  # noqa: E402
 from vision_tasks.models import MF_SCALES, scale_dimension  # noqa: E402
@@ -369,7 +370,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         all_rows += rows
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(all_rows, indent=2) + "\n")
+        atomic_write(args.json, json.dumps(all_rows, indent=2) + "\n")
         print(f"\nwrote {len(all_rows)} rows to {args.json}")
     return all_rows
 

@@ -1,6 +1,10 @@
 #!/usr/bin/env python
 """Evaluate a training checkpoint or a weight file; writes metrics.json in the run directory (configs/eval.yaml).
 
+The run directory is runs/<task>/test-<time>-<process id> unless hydra.run.dir= is given; a directory that already
+holds a run's records (a training run's, an earlier evaluation's) keeps them, and the evaluation writes into a new
+test-<time> subfolder of it.
+
     python tools/test.py task=classification ckpt_path=runs/classification/.../checkpoints/last.ckpt
     python tools/test.py task=classification weights=mobilenet_v2-b0353104.pth data=imagenet data.root=/data/imagenet
     python tools/test.py task=detection data=coco data.root=/data/coco weights=ssdlite_mobilenet_v2_coco_0.5_200x200.tflite

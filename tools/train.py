@@ -4,9 +4,11 @@
     python tools/train.py task=classification                              # synthetic default
     python tools/train.py task=classification data=imagenet data.root=/data/imagenet trainer=ddp trainer.devices=8
     python tools/train.py experiment=paper_imagenet data.root=/data/imagenet
-    python tools/train.py task=classification ckpt_path=runs/.../checkpoints/last.ckpt   # resume
+    python tools/train.py task=classification ckpt_path=RUN/checkpoints/last.ckpt hydra.run.dir=RUN   # resume in place
 
 Configs are in configs/ (Hydra); any key can be overridden (trainer.max_epochs=3, model.width_mult=0.5).
+A run holds RUN/.lock while it trains, and stops with the step, the epoch and the last good checkpoint if its loss,
+gradients or weights become NaN or infinite.
 """
 
 import hydra

@@ -1,4 +1,5 @@
-"""Callbacks that leave a run directory people can read: metrics.json and a plot of the curves."""
+"""Callbacks that leave a run directory people can read (metrics.json, a plot of the curves) and that stop a
+diverging run before it costs a good checkpoint."""
 
 from __future__ import annotations
 
@@ -6,15 +7,99 @@ import csv
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info
 
-__all__ = ["RunArtifacts", "UnfoldBatchNorm", "ema", "plot_curves"]
+from .checkpoints import non_finite_tensors
+from .files import atomic_write
+
+__all__ = ["DivergenceGuard", "TrainingDiverged", "RunArtifacts", "UnfoldBatchNorm", "ema", "plot_curves"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss, the gradients or the weights of a training run became NaN or infinite."""
+
+
+class DivergenceGuard(Callback):
+    """Stop training at the first non-finite loss, gradient or weight, before it reaches a checkpoint.
+
+    The loss (before the backward pass) and the gradients (before the optimizer step) are checked every
+    step; a non-finite one stops the run before the optimizer applies it, so the weights in memory and on
+    disk stay the last good ones. The weights are checked after each step as well (an update can overflow
+    while loss and gradients are finite). The :class:`TrainingDiverged` error names the step, the epoch and
+    the last good checkpoint to resume from. With a gradient scaler (``precision=16-mixed``) non-finite
+    gradients are the scaler's business (it skips that step and lowers its scale); the weights are still
+    checked. Checkpoints themselves refuse non-finite weights (:class:`vision_tasks.checkpoints.AtomicCheckpointIO`).
+
+    Each check reduces every tensor to its largest magnitude (finite iff all values are) and syncs once.
+    """
+
+    def __init__(self) -> None:
+        self._batch_idx = 0
+        self._bad_loss: float | None = None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._batch_idx = batch_idx
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
+        if self._bad_loss is None and not bool(torch.isfinite(loss.detach()).all()):
+            self._bad_loss = float(loss.detach().float().sum())  # accumulated batches: the first bad one
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                                 optimizer: torch.optim.Optimizer) -> None:
+        bad_loss, self._bad_loss = self._bad_loss, None
+        if getattr(trainer.precision_plugin, "scaler", None) is not None:
+            return  # GradScaler skips steps whose gradients are not finite
+        if bad_loss is not None:
+            self._stop(trainer, f"the loss is {bad_loss}", "the optimizer did not apply it")
+        grads = {name: p.grad for name, p in pl_module.named_parameters() if p.grad is not None}
+        bad = non_finite_tensors(grads)
+        if bad:
+            self._stop(trainer, f"the gradients of {_names(bad)} are NaN or infinite", "the optimizer did not apply them")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        bad = non_finite_tensors(dict(pl_module.named_parameters()) | dict(pl_module.named_buffers()))
+        if bad:
+            self._stop(trainer, f"the weights {_names(bad)} became NaN or infinite",
+                       "no checkpoint was written from them")
+
+    def _stop(self, trainer: pl.Trainer, what: str, consequence: str) -> None:
+        good, saved_at = _last_good_checkpoint(trainer)
+        raise TrainingDiverged(
+            f"training diverged at global step {trainer.global_step} (epoch {trainer.current_epoch}, batch "
+            f"{self._batch_idx}): {what}; {consequence}. Last good checkpoint: "
+            + (f"{good}{saved_at}. " if good else "none (no checkpoint was written yet). ")
+            + "Lower the learning rate or check its schedule (or clip the gradients: trainer.gradient_clip_val), "
+            + (f"then resume with ckpt_path={good}" if good else "then train again")
+        )
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def _last_good_checkpoint(trainer: pl.Trainer) -> tuple[Path | None, str]:
+    """The newest checkpoint of this run on disk (or the one it resumed from), and its epoch and step."""
+    paths = {cb.best_model_path for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)}
+    paths |= {cb.last_model_path for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)}
+    paths.add(trainer.ckpt_path or "")
+    files = [Path(p) for p in paths if p and Path(p).is_file()]
+    if not files:
+        return None, ""
+    newest = max(files, key=lambda p: p.stat().st_mtime_ns)
+    try:
+        checkpoint = torch.load(newest, map_location="cpu", weights_only=True, mmap=True)
+        return newest, f" (epoch {checkpoint['epoch']}, global step {checkpoint['global_step']})"
+    except Exception:  # noqa: BLE001 (the path alone still helps)
+        return newest, ""
 
 
 def ema(decay: float | None) -> Callback | None:
@@ -63,12 +148,16 @@ class UnfoldBatchNorm(Callback):
 class RunArtifacts(Callback):
     """Writes ``metrics.json`` (final ``val/...`` metrics under flat keys) and ``curves.png``.
 
-    After ``fit`` it stores the metrics of the last validation; after ``validate`` / ``test`` the
-    metrics of that run. ``dirpath`` defaults to the trainer's log directory. Rank 0 only.
+    After ``fit`` it stores the metrics of the last validation of that fit (and leaves an existing
+    ``metrics.json`` as it is when the fit validated nothing, e.g. a resumed run that was already finished);
+    after ``validate`` / ``test`` the metrics of that run. ``metrics.json`` is always valid JSON: a NaN or
+    infinite metric is written as ``null`` and named under ``"non_finite"``. Files are written atomically.
+    ``dirpath`` defaults to the trainer's log directory. Rank 0 only.
     """
 
     def __init__(self, dirpath: str | None = None) -> None:
         self.dirpath = dirpath
+        self._validated = False
 
     def _dir(self, trainer: pl.Trainer) -> Path:
         return Path(self.dirpath or trainer.log_dir or trainer.default_root_dir)
@@ -76,19 +165,28 @@ class RunArtifacts(Callback):
     def _write(self, trainer: pl.Trainer, prefixes: tuple[str, ...], training: bool = False) -> None:
         if not trainer.is_global_zero:
             return
-        metrics = {
+        metrics: dict[str, Any] = {
             key: float(value)
             for key, value in sorted(trainer.callback_metrics.items())
             if key.startswith(prefixes) and value.numel() == 1
         }
+        non_finite = {key: str(value) for key, value in metrics.items() if not math.isfinite(value)}
+        metrics.update({key: None for key in non_finite})
         if training:
             metrics.update(epoch=trainer.current_epoch, global_step=trainer.global_step)
-        out = self._dir(trainer)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        if non_finite:  # JSON has no NaN / Infinity: null, and what it stood for
+            metrics["non_finite"] = non_finite
+        atomic_write(self._dir(trainer) / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._validated = False
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._write(trainer, ("val/",), training=True)
+        if self._validated or not (self._dir(trainer) / "metrics.json").exists():
+            self._write(trainer, ("val/",), training=True)
+        elif trainer.is_global_zero:
+            rank_zero_info(f"RunArtifacts: no validation ran in this fit; {self._dir(trainer) / 'metrics.json'} "
+                           "is left as it was")
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 if isinstance(logger, CSVLogger):
@@ -98,6 +196,8 @@ class RunArtifacts(Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.VALIDATING:
             self._write(trainer, ("val/",))
+        elif not trainer.sanity_checking:
+            self._validated = True
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._write(trainer, ("test/",))
@@ -141,7 +241,6 @@ def plot_curves(metrics_csv: Path, out_png: Path) -> Path | None:
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
+    atomic_write(out_png, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
     return out_png

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 import backbones
 
+from .files import atomic_write, remove_stale_temporaries
 from .models import WeightsInfo, build_model, describe_weights, record_path
 
 __all__ = ["convert", "describe_source"]
@@ -47,32 +47,37 @@ def describe_source(src: str | Path, class_names: list[str] | None = None) -> We
 def convert(src: str | Path, dst: str | Path, *, class_names: list[str] | None = None) -> tuple[Path, Path]:
     """Write ``src`` as ``dst`` (safetensors) and its record (``dst`` with ``.json``); returns both paths.
 
-    Nothing is overwritten, and both files appear complete or not at all (each is written to a
-    temporary name in the destination folder, then renamed).
+    Nothing is overwritten, and each file appears complete or not at all
+    (:func:`vision_tasks.files.atomic_write`). The record is written first and the weights last: the
+    weights file, the one users pass, exists only once its record does. A record alone is what an
+    interrupted conversion leaves; converting again replaces it (and the temporary files of killed runs).
     """
     src, dst = Path(src), Path(dst)
     if dst.suffix != ".safetensors":
         raise ValueError(f"the destination must be a .safetensors file, got {dst}")
-    for path in (dst, record_path(dst)):
-        if path.exists():
-            raise FileExistsError(f"{path} exists; choose another destination (nothing is overwritten)")
+    record_file = record_path(dst)
+    if dst.exists():
+        raise FileExistsError(f"{dst} exists; choose another destination (nothing is overwritten)")
+    if record_file.exists() and not _interrupted_record(record_file):
+        raise FileExistsError(f"{record_file} exists; choose another destination (nothing is overwritten)")
     info = describe_source(src, class_names)
     model = build_model(info.model_class, info.model_config)
     backbones.load_weights(model, info.source)  # the whole model, checked: a file that does not fit is refused here
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     record = dataclasses.replace(info, source=str(src), kind="converted")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp_weights = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    tmp_record = record_path(dst).with_name(f".{record_path(dst).name}.tmp-{os.getpid()}")
+    for name in (dst.name, record_file.name):
+        remove_stale_temporaries(dst.parent, name)
+    atomic_write(record_file, json.dumps(record.to_json(), indent=2) + "\n")
+    atomic_write(dst, save(state, metadata={"format": "pt", "source": src.name}))
+    return dst, record_file
+
+
+def _interrupted_record(path: Path) -> bool:
+    """Whether ``path`` is the record of a conversion that did not write its weights (the weights are missing)."""
     try:
-        save_file(state, str(tmp_weights), metadata={"format": "pt", "source": src.name})
-        tmp_record.write_text(json.dumps(record.to_json(), indent=2) + "\n")
-        os.replace(tmp_weights, dst)
-        os.replace(tmp_record, record_path(dst))
-    finally:
-        for tmp in (tmp_weights, tmp_record):
-            tmp.unlink(missing_ok=True)
-    return dst, record_path(dst)
+        return json.loads(path.read_text()).get("kind") == "converted"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _as_classifier(src: Path, info: WeightsInfo) -> WeightsInfo:

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from .checkpoints import model_from_checkpoint
 from .data import IMAGE_EXTENSIONS, load_rgb, voc_colormap
+from .files import atomic_write
 from .models import MF_SCALES, describe_weights, model_from_weights
 
 log = logging.getLogger(__name__)
@@ -249,10 +250,10 @@ def predict(cfg: DictConfig) -> Path:
                 stem = path.stem if not (out / f"{path.stem}.png").exists() else path.name
                 if isinstance(drawn, tuple):  # segmentation: the overlay and the mask itself
                     drawn, mask = drawn
-                    mask.save(out / f"{stem}_mask.png")
+                    atomic_write(out / f"{stem}_mask.png", lambda f, mask=mask: mask.save(f, format="PNG"))
                     record = {"mask": f"{stem}_mask.png", **record}
-                drawn.save(out / f"{stem}.png")
+                atomic_write(out / f"{stem}.png", lambda f, drawn=drawn: drawn.save(f, format="PNG"))
                 records.append({"file": str(path), "height": image.shape[0], "width": image.shape[1], **record})
-    (out / "predictions.json").write_text(json.dumps(records, indent=1) + "\n")
+    atomic_write(out / "predictions.json", json.dumps(records, indent=1) + "\n")
     print(f"wrote {len(records)} images and predictions.json to {out.resolve()}")
     return out

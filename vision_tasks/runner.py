@@ -9,10 +9,13 @@ callbacks and loggers (``trainer``, ``callbacks``, ``logger``).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
+import os
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytorch_lightning as pl
 import torch
@@ -24,7 +27,8 @@ from torch import nn
 import backbones
 
 from .callbacks import RunArtifacts
-from .checkpoints import model_from_checkpoint, read_checkpoint_meta
+from .checkpoints import checkpoint_progress, model_from_checkpoint, read_checkpoint_meta
+from .files import atomic_write, remove_stale_temporaries
 from .models import MODELS, WeightsInfo, build_model, describe_weights, model_from_weights, weights_settings
 from .models.transfer import load_pretrained, match_classes
 
@@ -32,7 +36,29 @@ log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
-__all__ = ["CONFIG_DIR", "train", "test"]
+__all__ = ["CONFIG_DIR", "RunDirectoryBusy", "train", "test"]
+
+
+def _run_tag() -> str:
+    """What makes a default run directory's name (``runs/<task>/train-<time>-<tag>``) unique: this process's
+    id, unless a distributed launcher (torchrun, SLURM) started the process, whose ranks must share one
+    directory: then its job id (or nothing)."""
+    for key in ("SLURM_JOB_ID", "TORCHELASTIC_RUN_ID"):
+        if os.environ.get(key, "none") != "none":
+            return os.environ[key]
+    if any(key in os.environ for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "WORLD_SIZE")):
+        return "0"
+    return str(os.getpid())
+
+
+# ${run_tag:} in configs/{train,eval}.yaml's hydra.run.dir; registered on import, before @hydra.main resolves it
+if not OmegaConf.has_resolver("run_tag"):
+    OmegaConf.register_new_resolver("run_tag", _run_tag, use_cache=True)
+
+
+class RunDirectoryBusy(RuntimeError):
+    """Another run holds the run directory's lock."""
+
 
 # Model arguments that the weights a model starts from decide unless the config sets them.
 _WEIGHTS_DECIDE = ("padding", "mean", "std", "normalization", "grayscale")
@@ -156,20 +182,109 @@ def _trainer(cfg: DictConfig, **kwargs: Any) -> pl.Trainer:
 
 
 def _save_config(cfg: DictConfig, run_dir: Path) -> None:
-    if rank_zero_only.rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    """``config.yaml``, resolved. A resumed run whose config differs (a longer schedule ...) keeps the earlier
+    part's as ``config.1.yaml``, ``config.2.yaml`` ...: ``config.yaml`` is the latest."""
+    if rank_zero_only.rank != 0:
+        return
+    path, text = run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True)
+    if path.is_file() and path.read_text() != text:
+        n = 1
+        while (run_dir / f"config.{n}.yaml").exists():
+            n += 1
+        atomic_write(run_dir / f"config.{n}.yaml", path.read_bytes())
+    atomic_write(path, text)
+
+
+# What a run leaves in its directory: a new run never writes over these, an evaluation never replaces them.
+RECORDS = ("config.yaml", "metrics.json", "curves.png", "detections.json", "logs/metrics.csv", "checkpoints/*.ckpt")
+LOCK_NAME = ".lock"
+
+
+def _records(run_dir: Path) -> list[str]:
+    return sorted(str(p.relative_to(run_dir)) for pattern in RECORDS for p in run_dir.glob(pattern))
+
+
+def _is_first_process() -> bool:
+    """Rank 0 of node 0: the process that owns the run directory (the others are started by it or beside it)."""
+    node = os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0"))
+    return rank_zero_only.rank == 0 and node in ("", "0")
+
+
+@contextlib.contextmanager
+def _run_directory_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir/.lock`` for the run, so that a second run started in the same directory stops at once.
+
+    The lock is the operating system's (``flock`` through the ``filelock`` package): it is released when the
+    process ends, however it ends, so a killed run never leaves the directory locked.
+    """
+    if not _is_first_process():
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(run_dir / LOCK_NAME, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunDirectoryBusy(
+            f"run directory {run_dir} is in use by another run (its lock {run_dir / LOCK_NAME} is held); wait for "
+            "that run to end, or choose another hydra.run.dir"
+        ) from None
+    try:
+        for folder in (run_dir, run_dir / "checkpoints", run_dir / "logs"):  # what killed writers left
+            for tmp in remove_stale_temporaries(folder):
+                log.info("removed %s, the unfinished write of a run that was killed", tmp)
+        yield
+    finally:
+        lock.release()
+        if created and [p.name for p in run_dir.iterdir()] == [LOCK_NAME]:  # stopped before writing anything
+            (run_dir / LOCK_NAME).unlink(missing_ok=True)
+            run_dir.rmdir()
 
 
 def _check_run_dir(run_dir: Path, ckpt_path: str | None) -> None:
-    """Never write over another run's checkpoints; resuming a run in its own directory is allowed."""
-    existing = sorted((run_dir / "checkpoints").glob("*.ckpt"))
+    """Never write over another run's records; resuming a run in its own directory is allowed."""
+    existing = _records(run_dir)
     resuming_here = ckpt_path is not None and Path(ckpt_path).resolve().parent == (run_dir / "checkpoints").resolve()
     if existing and not resuming_here:
+        checkpoints = sorted((run_dir / "checkpoints").glob("*.ckpt"))
+        hint = (f", or resume that run with ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'} hydra.run.dir={run_dir}"
+                if checkpoints else "")
         raise FileExistsError(
-            f"run directory {run_dir} already holds checkpoints ({', '.join(p.name for p in existing)}); choose another "
-            f"hydra.run.dir, or resume that run with ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
+            f"run directory {run_dir} already holds {'checkpoints' if checkpoints else 'the records of a run'} "
+            f"({', '.join(existing)}), which a new run would overwrite; choose another hydra.run.dir{hint}"
         )
+
+
+def _evaluation_dir(run_dir: Path) -> Path:
+    """``run_dir``, or when it holds a run's records, a new subfolder of it that no other evaluation has."""
+    existing = _records(run_dir)
+    if not existing or not _is_first_process():
+        return run_dir
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    for n in range(1000):
+        sub = run_dir / f"test-{stamp}" if n == 0 else run_dir / f"test-{stamp}-{n}"
+        try:
+            sub.mkdir(parents=True)  # exclusive: two evaluations started at once get two folders
+        except FileExistsError:
+            continue
+        log.warning("%s already holds a run's records (%s), which an evaluation does not replace: this one writes "
+                    "into %s", run_dir, ", ".join(existing), sub)
+        return sub
+    raise FileExistsError(f"no free test-{stamp}-N subfolder in {run_dir}")
+
+
+def _finished(cfg: DictConfig, ckpt_path: str) -> str | None:
+    """Why resuming ``ckpt_path`` with this config would train nothing (the run it continues is finished), or None."""
+    epochs, step = checkpoint_progress(ckpt_path)
+    max_epochs, max_steps = cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps", -1)
+    if max_steps is not None and max_steps != -1 and step >= max_steps:
+        return f"it reached global step {step} of trainer.max_steps={max_steps}"
+    if max_epochs is not None and max_epochs != -1 and epochs >= max_epochs:
+        return f"it completed {epochs} of trainer.max_epochs={max_epochs} epochs, global step {step}"
+    return None
 
 
 def train(cfg: DictConfig) -> Path:
@@ -177,13 +292,29 @@ def train(cfg: DictConfig) -> Path:
 
     The run directory receives ``config.yaml`` (resolved), and through the configured callbacks and
     loggers ``checkpoints/{last,best}.ckpt``, ``metrics.json`` (final validation metrics),
-    ``logs/metrics.csv`` and ``curves.png``.
+    ``logs/metrics.csv`` and ``curves.png``. A new run refuses a directory that holds another run's records;
+    a run resumed in its own directory continues them. The run holds ``RUN_DIR/.lock``: a second run in the
+    same directory stops at once (:class:`RunDirectoryBusy`). Resuming a finished run says so and changes nothing.
     """
     run_dir = Path(cfg.run_dir)
     task_cls = get_class(cfg.task._target_)
     if cfg.ckpt_path:  # refuse a wrong or foreign checkpoint now, not after setting everything up
         read_checkpoint_meta(cfg.ckpt_path, expected_task=task_cls.name)
-    _check_run_dir(run_dir, cfg.ckpt_path)
+        finished = _finished(cfg, cfg.ckpt_path)
+        if finished:
+            print(f"nothing to do: ckpt_path={cfg.ckpt_path} is of a finished run: {finished}. Nothing was trained "
+                  f"or written. To train it further, resume with a larger trainer.max_epochs (or trainer.max_steps).")
+            return run_dir
+    with _run_directory_lock(run_dir):
+        if _is_first_process():  # the processes a DDP run starts find its config.yaml: theirs
+            _check_run_dir(run_dir, cfg.ckpt_path)
+        _train(cfg, run_dir, task_cls)
+    if rank_zero_only.rank == 0:
+        print(f"run directory: {run_dir.resolve()}")
+    return run_dir
+
+
+def _train(cfg: DictConfig, run_dir: Path, task_cls: type) -> None:
     info = describe_weights(cfg.weights) if cfg.weights else None
     if info is not None and info.task not in (None, task_cls.name):
         hint = (f"; to start the backbone from it, use model.backbone_weights={cfg.weights}"
@@ -205,9 +336,6 @@ def train(cfg: DictConfig) -> Path:
                        logger=_instantiate_all(cfg.get("logger")) or False)
     _save_config(cfg, run_dir)
     trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    if trainer.is_global_zero:
-        print(f"run directory: {run_dir.resolve()}")
-    return run_dir
 
 
 def test(cfg: DictConfig) -> dict[str, float]:
@@ -218,7 +346,9 @@ def test(cfg: DictConfig) -> dict[str, float]:
     (``val/...`` keys, as training does; segmentation with ``mf=true`` evaluates with the paper's
     multi-scale + flip inputs), the resolved ``config.yaml`` and the task's own results (detection:
     ``detections.json``, COCO results format with the dataset's image and category ids) into the run
-    directory and returns the metrics.
+    directory and returns the metrics. A run directory that already holds a run's records (a training run's,
+    or an earlier evaluation's) is left as it is: the evaluation then writes into a new subfolder
+    ``RUN_DIR/test-<time>-<n>`` and says so.
 
     Detection with a weight file whose record gives its input size (a TFLite release: 200 for the SSDLite
     one) evaluates at that size (``data.image_size``) unless ``data.image_size=`` is on the command line.
@@ -263,6 +393,7 @@ def test(cfg: DictConfig) -> dict[str, float]:
         overrides.update(eval_scales=list(MF_SCALES), eval_flip=True)
     task = instantiate(cfg.task, model=model, optimizer=None, scheduler=None, _convert_="all", **overrides)
     task.keep_results = True  # e.g. detections.json for detection
+    run_dir = _evaluation_dir(run_dir)
     trainer = _trainer(cfg, callbacks=[RunArtifacts(str(run_dir))], logger=False)
     _save_config(cfg, run_dir)
     results = trainer.validate(task, datamodule=datamodule)

@@ -9,13 +9,12 @@
   long list of bad files is quoted in an error.
 - :data:`IGNORE_INDEX`: the mask value that no loss or metric counts.
 - :func:`default_data_dir` (``$VISION_TASKS_DATA``): where generated data and caches go;
-  :func:`write_text_atomically` writes there without readers ever seeing half a file.
+  :func:`vision_tasks.files.atomic_write` writes there without readers ever seeing half a file.
 """
 
 from __future__ import annotations
 
 import os
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
@@ -42,7 +41,6 @@ __all__ = [
     "listing",
     "load_rgb",
     "read_header",
-    "write_text_atomically",
 ]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -229,19 +227,3 @@ def default_data_dir() -> Path:
     """``$VISION_TASKS_DATA`` if set, else ``~/.cache/vision_tasks``: where generated datasets go."""
     env = os.environ.get(DATA_DIR_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "vision_tasks"
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, then ``os.replace``.
-
-    Readers (e.g. other processes, one per GPU) see the old file or the whole new one, never half
-    of it; concurrent writers of the same content each publish a complete copy.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

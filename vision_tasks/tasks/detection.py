@@ -12,6 +12,7 @@ from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_convert
 
+from ..files import atomic_write
 from ..models.transfer import match_labels
 from .base import OptimizerFactory, SchedulerFactory, VisionTask
 
@@ -224,7 +225,4 @@ class DetectionTask(VisionTask):
             detections = [d for part in gathered for d in part]
         if self._trainer is not None and not self._trainer.is_global_zero:
             return None
-        path = Path(run_dir) / "detections.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(detections))
-        return path
+        return atomic_write(Path(run_dir) / "detections.json", json.dumps(detections))

@@ -23,8 +23,9 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from ...files import atomic_write
 from ..classes import SHAPES, VOC_CLASSES
-from ..common import Transform, default_data_dir, write_text_atomically
+from ..common import Transform, default_data_dir
 from ..errors import DataError
 from ..formats.coco import coco_categories, load_json, read_coco
 from ..formats.detection import DetectionAnnotations, DetectionDataset, detection_collate
@@ -378,5 +379,5 @@ def _write_coco_cache(annotations: DetectionAnnotations, name: str) -> Path:
     digest = hashlib.sha256(f"{[str(r.path) for r in annotations.records]}\n{text}".encode()).hexdigest()[:12]
     path = default_data_dir() / "coco-annotations" / f"{name}-{digest}.json"
     if not path.is_file():
-        write_text_atomically(path, text)
+        atomic_write(path, text)
     return path
