@@ -177,3 +177,39 @@ def test_category_ids_decide_only_when_the_names_agree():
     assert match_classes([18, 1], None, coco_ids, coco_names) == ([3, 0], "category id")
     assert match_classes(None, ["cat"], coco_ids, coco_names) == (None, "class name")
     assert match_classes(None, None, coco_ids, coco_names) == (None, "")
+
+
+def _run(run_dir, *overrides):
+    from hydra import compose, initialize_config_dir
+
+    from conftest import TINY
+    from vision_tasks import runner
+
+    with initialize_config_dir(config_dir=str(runner.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"run_dir={run_dir}", "task=classification", *TINY, *overrides])
+    return runner.train(cfg)
+
+
+@pytest.mark.parametrize("validate_start", [True, False])
+def test_fine_tuning_a_whole_model_never_leaves_a_best_checkpoint_worse_than_the_start(tmp_path, env, one_thread,
+                                                                                       caplog, validate_start):
+    """weights= a whole classifier of the data's classes, trained one step at lr 0 with frozen BatchNorm: no epoch
+    can beat the start, so best.ckpt is the start's own checkpoint (written before training, global step 0, its
+    weights those of the file); with validate_start=false best.ckpt is the epoch's, as before."""
+    first = _run(tmp_path / "first")
+    start = torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    with caplog.at_level(logging.INFO, logger="vision_tasks.runner"):
+        second = _run(tmp_path / "second", f"weights={first / 'checkpoints' / 'last.ckpt'}", "task.optimizer.lr=0.0",
+                      "model.freeze_bn=true", "trainer.limit_train_batches=1", f"validate_start={validate_start}")
+    best = torch.load(second / "checkpoints" / "best.ckpt", weights_only=True)
+    last = torch.load(second / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 1
+    if validate_start:
+        assert best["global_step"] == 0 and "optimizer_states" not in best  # the start, validated before training
+        assert best["vision_tasks"]["task"] == "classification"  # tools/test.py and predict.py read it as any other
+        assert best["state_dict"] and set(best["state_dict"]) <= set(start)  # frozen BNs: no num_batches_tracked
+        for key, value in best["state_dict"].items():
+            torch.testing.assert_close(value, start[key], rtol=0, atol=0, msg=key)
+        assert "no epoch beat the weights the run started from" in caplog.text
+    else:
+        assert best["global_step"] == 1 and "no epoch beat" not in caplog.text
