@@ -408,9 +408,10 @@ def test_train_end_to_end_on_a_yolo_set(tmp_path, env):
     root = _yolo_set(tmp_path / "set")
     run_dir, test_dir = tmp_path / "run", tmp_path / "test"
     common = ["task=detection", "data=yolo", f"data.root={root}", "data.image_size=64", "data.num_workers=0"]
+    smoke_dir = tmp_path / "smoke"  # a run directory of its own: a new run never writes over another's records
     run_tool(["tools/train.py", *common, "model.width_mult=0.35", "trainer.fast_dev_run=true",
-              f"hydra.run.dir={run_dir}"], env)
-    assert (run_dir / "config.yaml").is_file()
+              f"hydra.run.dir={smoke_dir}"], env)
+    assert (smoke_dir / "config.yaml").is_file()
     run_tool(["tools/train.py", *common, "model.width_mult=0.35", "trainer.max_epochs=1",
               "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"], env)
     run_tool(["tools/test.py", *common, f"ckpt_path={run_dir}/checkpoints/last.ckpt", f"hydra.run.dir={test_dir}",

@@ -127,10 +127,18 @@ def _model_from_record(model_cfg: dict[str, Any], info: WeightsInfo, datamodule:
     return build_model(info.model_class, config)
 
 
-def _record_input_size(cfg: DictConfig, info: WeightsInfo | None) -> None:
-    """A detector's weight record with an input size (a TFLite release: 200 for the SSDLite one) sets
-    ``data.image_size``, unless ``data.image_size=`` is on the command line: its anchors are for that size."""
-    if info is None or info.task != "detection" or not info.input_size or "image_size" not in cfg.data:
+def _record_input_size(cfg: DictConfig, info: WeightsInfo | None, checkpoint_model: nn.Module | None = None) -> None:
+    """A detector's input size, from its weight record (a TFLite release: 200 for the SSDLite one) or from
+    ``checkpoint_model``, the detector of ``ckpt_path`` (the size it was trained at), sets ``data.image_size``, unless ``data.image_size=`` is
+    on the command line: its anchors are for that size."""
+    if checkpoint_model is not None:
+        config = getattr(checkpoint_model, "config", None) or {}
+        size, source = config.get("image_size"), f"ckpt_path={cfg.ckpt_path}"
+    elif info is not None and info.task == "detection":
+        size, source = info.input_size, f"weights={cfg.weights}"
+    else:
+        return
+    if not size or "image_size" not in cfg.data:
         return
     # Hydra's list of overrides; a config composed in-process carries it under hydra.overrides.task with
     # return_hydra_config=True
@@ -140,10 +148,10 @@ def _record_input_size(cfg: DictConfig, info: WeightsInfo | None) -> None:
              else OmegaConf.select(cfg, "hydra.overrides.task", default=None) or [])
     if any(str(o).lstrip("+~").split("=", 1)[0] == "data.image_size" for o in given):
         return
-    if cfg.data.image_size != info.input_size:
-        log.info("weights=%s: images at its input size %d (data.image_size=N on the command line to choose another)",
-                 cfg.weights, info.input_size)
-    cfg.data.image_size = int(info.input_size)
+    if cfg.data.image_size != size:
+        log.info("%s: images at its input size %d (data.image_size=N on the command line to choose another)",
+                 source, size)
+    cfg.data.image_size = int(size)
 
 
 def _detection_label_map(model: nn.Module, model_names: list[str] | None,
@@ -404,8 +412,9 @@ def test(cfg: DictConfig) -> dict[str, float]:
     or an earlier evaluation's) is left as it is: the evaluation then writes into a new subfolder
     ``RUN_DIR/test-<time>-<n>`` and says so.
 
-    Detection with a weight file whose record gives its input size (a TFLite release: 200 for the SSDLite
-    one) evaluates at that size (``data.image_size``) unless ``data.image_size=`` is on the command line.
+    Detection with a checkpoint, or a weight file whose record gives its input size (a TFLite release: 200 for
+    the SSDLite one), evaluates at the size the detector was trained at (``data.image_size``) unless
+    ``data.image_size=`` is on the command line.
     A detector whose labels are not the dataset's is evaluated when its record or checkpoint relates them:
     by the model's ``category_ids`` (the COCO ids of the TF OD API's 90 outputs) against the dataset's, or
     else by class names; its detections then take the dataset's labels and those of classes the dataset
@@ -423,7 +432,7 @@ def test(cfg: DictConfig) -> dict[str, float]:
     info = describe_weights(cfg.weights) if cfg.weights else None
     if info is not None and info.task not in (None, task_cls.name):
         raise ValueError(f"weights={cfg.weights} holds a {info.task} model, but task={task_cls.name} was asked for")
-    _record_input_size(cfg, info)
+    _record_input_size(cfg, info, model if cfg.ckpt_path and task_cls.name == "detection" else None)
     datamodule = _datamodule(cfg, "validate")
     if info is not None and info.model_class is not None:  # a converted file, a TFLite release: the model it describes
         model = model_from_weights(cfg.weights, info)[0]
