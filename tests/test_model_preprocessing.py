@@ -3,6 +3,8 @@ segmentation padded and cropped back in one place, and the weights' record decid
 
 from __future__ import annotations
 
+import warnings
+
 import albumentations as A
 from PIL import Image
 import numpy as np
@@ -198,6 +200,10 @@ def test_drawings_show_each_object_once_and_name_the_mask_colours():
     assert {cat, dog} <= colours
     assert not (drawn[:, :75] == dog).all(axis=-1).any()  # no dog box on the cat: one caption per object
     assert not drawn[:8, :8].any()  # the box scoring 0.1 is not drawn
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing above the threshold: the photo unchanged, and no torchvision warning
+        empty = np.asarray(draw_detections(image + 7, detection, ["cat", "dog"], score_thresh=0.95))
+    assert (empty == 7).all()
     legend = draw_legend(Image.fromarray(image), [("person", (192, 128, 128), 0.25), ("car", (64, 128, 128), 0.004)])
     assert legend.width == 160 and legend.height > 120
     below = np.asarray(legend)[120:]

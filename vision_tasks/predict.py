@@ -92,6 +92,8 @@ def draw_detections(
     boxes, scores, labels = detection["boxes"][keep], detection["scores"][keep], detection["labels"][keep]
     keep = nms(boxes.float(), scores.float(), overlap)
     boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    if len(boxes) == 0:  # the photo as it is (torchvision's drawing would warn "boxes doesn't contain any box")
+        return Image.fromarray(image)
     captions = [f"{class_names[int(l)]} {float(s):.2f}" for l, s in zip(labels, scores)]
     palette = _palette(len(class_names))
     canvas = torch.from_numpy(image).permute(2, 0, 1).contiguous()
