@@ -28,7 +28,7 @@ from torch import nn
 
 import backbones
 
-from .callbacks import RunArtifacts
+from .callbacks import EpochSeed, RunArtifacts
 from .checkpoints import checkpoint_progress, model_from_checkpoint, read_checkpoint_meta
 from .files import atomic_write, remove_stale_temporaries
 from .models import MODELS, WeightsInfo, build_model, describe_weights, model_from_weights, weights_settings
@@ -343,7 +343,7 @@ def _train(cfg: DictConfig, run_dir: Path, task_cls: type) -> None:
         # the DeepLab training step is about 20% faster, and on GPUs it is the layout AMP wants.
         model = model.to(memory_format=torch.channels_last)
     task = instantiate(cfg.task, model=model, _convert_="all")
-    trainer = _trainer(cfg, callbacks=_instantiate_all(cfg.get("callbacks")),
+    trainer = _trainer(cfg, callbacks=[*_instantiate_all(cfg.get("callbacks")), EpochSeed(cfg.seed)],
                        logger=_instantiate_all(cfg.get("logger")) or False)
     _save_config(cfg, run_dir)
     if (cfg.get("validate_start", True) and info is not None and transfer is not None and not transfer.fresh
