@@ -87,8 +87,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 f"{path}: refused, it holds Python objects other than tensors and plain containers, and "
                 f"loading it would run code from the file (weights_only=True). Re-save its state_dict. Detail: {err}"
             ) from err
-        except (RuntimeError, EOFError, OSError) as err:
-            raise WeightsError(f"{path}: not a readable PyTorch file, truncated or of another format ({err})") from err
+        except Exception as err:  # noqa: BLE001  # torch.load on arbitrary bytes raises almost anything
+            # (IndexError, UnicodeDecodeError, ValueError ... from its unpickler): every failure is the file's fault
+            raise WeightsError(
+                f"{path}: not a readable PyTorch file, truncated or of another format ({type(err).__name__}: {err}); "
+                "expected a state dict saved with torch.save (.pth / .pt / .ckpt), a .safetensors or a .tflite file"
+            ) from err
     for key in _WRAPPER_KEYS:
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]

@@ -188,13 +188,15 @@ def test_datamodule_batches_and_classes(tmp_path):
     assert ImageFolderDataModule(**dm.hparams).root == root
 
 
-def test_datamodule_small_dataset_keeps_last_batch_and_workers_persist(tmp_path):
+def test_datamodule_small_dataset_keeps_last_batch_and_eval_workers_persist(tmp_path):
     root = _image_folder(tmp_path / "data", per_class=1)
     dm = ImageFolderDataModule(str(root), image_size=8, batch_size=64, num_workers=1)
     dm.setup("fit")
     loader = dm.train_dataloader()
     assert not loader.drop_last and len(loader) == 1
-    assert loader.persistent_workers and loader.num_workers == 1
+    # training workers start anew each epoch, seeded from (run seed, epoch, worker id); evaluation's persist
+    assert not loader.persistent_workers and loader.num_workers == 1 and loader.worker_init_fn is not None
+    assert dm.val_dataloader().persistent_workers
     images, labels = next(iter(loader))  # datasets and transforms survive the trip to a worker
     assert images.shape == (3, 3, 8, 8) and sorted(labels.tolist()) == [0, 1, 2]
 

@@ -1,14 +1,16 @@
-"""Callbacks that leave a run directory people can read (metrics.json, a plot of the curves) and that stop a
-diverging run before it costs a good checkpoint."""
+"""Callbacks that leave a run directory people can read (metrics.json, a plot of the curves), that stop a
+diverging run before it costs a good checkpoint, and that make each epoch's randomness follow from the seed."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
@@ -17,9 +19,10 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info
 
 from .checkpoints import non_finite_tensors
+from .data.seeding import derive_seed
 from .files import atomic_write
 
-__all__ = ["DivergenceGuard", "TrainingDiverged", "RunArtifacts", "UnfoldBatchNorm", "ema", "plot_curves"]
+__all__ = ["DivergenceGuard", "EpochSeed", "TrainingDiverged", "RunArtifacts", "UnfoldBatchNorm", "ema", "plot_curves"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -100,6 +103,26 @@ def _last_good_checkpoint(trainer: pl.Trainer) -> tuple[Path | None, str]:
         return newest, f" (epoch {checkpoint['epoch']}, global step {checkpoint['global_step']})"
     except Exception:  # noqa: BLE001 (the path alone still helps)
         return newest, ""
+
+
+class EpochSeed(Callback):
+    """Reseed torch, numpy and ``random`` at the start of every training epoch from ``(seed, epoch, rank)``.
+
+    The model's own randomness (dropout) draws from the global generators, whose state at epoch k depends on
+    everything that ran before it in the process, and Lightning's checkpoints do not keep it: a run resumed from
+    its last checkpoint would draw other dropout masks than an uninterrupted one. Reseeded per epoch, epoch k draws
+    the same in both. (Not ``pl.seed_everything``: that would also replace ``PL_GLOBAL_SEED``, the run's seed.)
+    The data order and augmentations have their own per-epoch seeding (:mod:`vision_tasks.data.seeding`).
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        seed = derive_seed(self.seed, trainer.current_epoch, trainer.global_rank)
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
 
 
 def ema(decay: float | None) -> Callback | None:

@@ -89,9 +89,15 @@ def _read(path: str | Path, expected_task: str | None) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(f"{path}: refused, it holds Python objects that weights_only=True does not load ({err})") from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
+        raise CheckpointError(
+            f"{path}: refused, it holds Python objects that weights_only=True does not load, or is not a PyTorch file "
+            f"at all ({err}); expected a checkpoint written by vision_tasks training (RUN/checkpoints/last.ckpt)") from err
+    except Exception as err:  # noqa: BLE001  # torch.load on arbitrary bytes raises almost anything (IndexError,
+        # UnicodeDecodeError, ValueError ... from its unpickler): every failure to read is the file's fault
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint, truncated or of another format ({type(err).__name__}: {err}); "
+            "expected a checkpoint written by vision_tasks training (RUN/checkpoints/last.ckpt or best.ckpt)"
+        ) from err
     meta = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
     if meta is None:
         raise CheckpointError(

@@ -209,7 +209,10 @@ def _model(cfg: DictConfig, task_name: str) -> tuple[nn.Module, list[str] | None
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     if "num_classes" in model_cfg and model_cfg["num_classes"] is None:
         if not info.class_names:
-            raise ValueError(f"weights={cfg.weights} does not say how many classes it predicts; set model.num_classes")
+            raise ValueError(
+                f"weights={cfg.weights} is a plain state dict without metadata: it does not say how many classes it "
+                "predicts (nor their names); set model.num_classes=N (the rows of its class layer) with the model.* "
+                "settings it was trained with, or predict with the run's checkpoint (ckpt_path=RUN/checkpoints/best.ckpt)")
         model_cfg["num_classes"] = len(info.class_names)
     return instantiate(model_cfg, weights=cfg.weights), info.class_names
 

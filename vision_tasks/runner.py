@@ -28,8 +28,9 @@ from torch import nn
 
 import backbones
 
-from .callbacks import RunArtifacts
+from .callbacks import EpochSeed, RunArtifacts
 from .checkpoints import checkpoint_progress, model_from_checkpoint, read_checkpoint_meta
+from .data.common import check_data_root
 from .files import atomic_write, remove_stale_temporaries
 from .models import MODELS, WeightsInfo, build_model, describe_weights, model_from_weights, weights_settings
 from .models.transfer import load_pretrained, match_classes
@@ -68,6 +69,8 @@ _WEIGHTS_DECIDE = ("padding", "mean", "std", "normalization", "grayscale")
 
 def _datamodule(cfg: DictConfig, stage: str) -> pl.LightningDataModule:
     """Instantiate the data module and check the data now, before any model is built or trained."""
+    if cfg.data.get("root"):
+        check_data_root(cfg.data.root)  # a missing, looping or unreadable folder, said as such
     datamodule = instantiate(cfg.data, _convert_="all")  # plain lists: checkpoints stay weights_only-loadable
     if rank_zero_only.rank == 0:
         datamodule.prepare_data()  # e.g. generates the synthetic set; Lightning repeats it as a no-op
@@ -343,7 +346,7 @@ def _train(cfg: DictConfig, run_dir: Path, task_cls: type) -> None:
         # the DeepLab training step is about 20% faster, and on GPUs it is the layout AMP wants.
         model = model.to(memory_format=torch.channels_last)
     task = instantiate(cfg.task, model=model, _convert_="all")
-    trainer = _trainer(cfg, callbacks=_instantiate_all(cfg.get("callbacks")),
+    trainer = _trainer(cfg, callbacks=[*_instantiate_all(cfg.get("callbacks")), EpochSeed(cfg.seed)],
                        logger=_instantiate_all(cfg.get("logger")) or False)
     _save_config(cfg, run_dir)
     if (cfg.get("validate_start", True) and info is not None and transfer is not None and not transfer.fresh

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
@@ -32,6 +33,7 @@ __all__ = [
     "MAX_LISTED",
     "Transform",
     "UNREADABLE",
+    "check_data_root",
     "check_each",
     "default_data_dir",
     "files_by_stem",
@@ -227,3 +229,38 @@ def default_data_dir() -> Path:
     """``$VISION_TASKS_DATA`` if set, else ``~/.cache/vision_tasks``: where generated datasets go."""
     env = os.environ.get(DATA_DIR_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "vision_tasks"
+
+
+def check_data_root(root: str | os.PathLike, key: str = "data.root") -> Path:
+    """``root`` (``~`` expanded) when it is a folder this process can list; else :class:`DataError` saying why.
+
+    ``Path.is_dir()`` answers False for a folder that does not exist, a symbolic link loop and a folder that
+    cannot be read alike; users need to know which, and what to do about it.
+    """
+    path = Path(root).expanduser()
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        raise DataError(f"{key}={root}: {path} does not exist; point {key} at the dataset's folder") from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise DataError(
+                f"{key}={root}: {path} is a loop of symbolic links (it leads back to itself; {err.strerror}); "
+                f"point {key} at the dataset's folder itself, or fix the link (ls -l {path})") from None
+        if isinstance(err, PermissionError):
+            raise DataError(f"{key}={root}: {path} cannot be reached: permission denied on a folder above it; "
+                            "give the user running this read and execute permission on the folders of the path") from None
+        raise DataError(f"{key}={root}: {path} cannot be read ({err.strerror or err})") from None
+    if not path.is_dir():
+        raise DataError(f"{key}={root}: {path} is not a folder; point {key} at the dataset's folder")
+    try:
+        with os.scandir(path):
+            pass
+    except PermissionError:
+        raise DataError(
+            f"{key}={root}: the folder {path} cannot be read: permission denied; give the user running this read and "
+            f"execute permission on it and its contents (chmod -R u+rX {path}), or copy the data somewhere readable"
+        ) from None
+    except OSError as err:
+        raise DataError(f"{key}={root}: the folder {path} cannot be read ({err.strerror or err})") from None
+    return path

@@ -283,7 +283,7 @@ def _read_checkpoint(path: Path) -> dict[str, Any] | None:
         return None
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, IndexError):
+    except Exception:  # noqa: BLE001  # any failure: not a checkpoint; read_state_dict names the file and reason
         return None
     return checkpoint if isinstance(checkpoint, dict) and CHECKPOINT_KEY in checkpoint else None
 

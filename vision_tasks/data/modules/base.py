@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..seeding import EpochShuffle, SeededDataLoader, seed_worker
 from ..synthetic.cache import MANIFEST_NAME, synthetic_root
 
 __all__ = ["GeneratedData", "SplitDataModule"]
@@ -22,7 +23,9 @@ __all__ = ["GeneratedData", "SplitDataModule"]
 class SplitDataModule(pl.LightningDataModule):
     """Base of the data modules: ``setup`` fills ``train_dataset`` / ``val_dataset``; this serves them.
 
-    Training shuffles and drops the last incomplete batch (when there is more than one batch);
+    Training shuffles and drops the last incomplete batch (when there is more than one batch); its order and
+    augmentations follow from the run seed (``torch.initial_seed()`` when the loader is made, which
+    ``pl.seed_everything`` sets) and the epoch, each DataLoader worker drawing its own (:mod:`..seeding`);
     ``test`` and ``predict`` use the val split. Subclasses set ``collate_fn`` when samples need
     more than default stacking (detection targets of varying length), and ``eval_collate_fn`` when
     the evaluation loaders batch otherwise (segmentation: images of different sizes, as lists).
@@ -36,6 +39,16 @@ class SplitDataModule(pl.LightningDataModule):
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
+        self._resume_epoch = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the data: the epoch the training loader resumes in (see :meth:`_loader`)."""
+        if self.trainer is None:
+            return {}
+        return {"epoch": self.trainer.fit_loop.epoch_progress.current.processed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume_epoch = int(state_dict.get("epoch", 0))
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._require(self.train_dataset, "fit")
@@ -60,14 +73,36 @@ class SplitDataModule(pl.LightningDataModule):
         collate_fn = type(self).collate_fn
         if evaluation and type(self).eval_collate_fn is not None:
             collate_fn = type(self).eval_collate_fn
-        return DataLoader(
+        if not shuffle:
+            return DataLoader(
+                dataset,
+                batch_size=self.batch_size,
+                drop_last=drop_last,
+                num_workers=self.num_workers,
+                collate_fn=collate_fn,
+                persistent_workers=self.num_workers > 0,
+                pin_memory=torch.cuda.is_available(),
+            )
+        # The epoch the loader starts in. Lightning gives set_epoch the fit loop's count of processed epochs, but a
+        # resumed run may ask for the loader, and iterate it (which starts the workers and draws their seeds),
+        # before its loops are restored (the scheduler's estimated_stepping_batches): the checkpoint's epoch comes
+        # through load_state_dict, which Lightning calls first.
+        epoch = self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
+        epoch = max(epoch, self._resume_epoch)
+        sampler = EpochShuffle(dataset, epoch=epoch)
+        # Workers are started anew each epoch (persistent_workers=False), so that torch gives them seeds drawn
+        # from the epoch's generator: a persistent worker would carry its augmentation stream from one epoch into
+        # the next, and a resumed run could not repeat it.
+        return SeededDataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
+            generator=sampler.loader_generator,
             drop_last=drop_last,
             num_workers=self.num_workers,
             collate_fn=collate_fn,
-            persistent_workers=self.num_workers > 0,
+            worker_init_fn=seed_worker,
+            persistent_workers=False,
             pin_memory=torch.cuda.is_available(),
         )
 
