@@ -73,16 +73,10 @@ class SplitDataModule(pl.LightningDataModule):
         collate_fn = type(self).collate_fn
         if evaluation and type(self).eval_collate_fn is not None:
             collate_fn = type(self).eval_collate_fn
+        common = dict(batch_size=self.batch_size, drop_last=drop_last, num_workers=self.num_workers,
+                      collate_fn=collate_fn, pin_memory=torch.cuda.is_available())
         if not shuffle:
-            return DataLoader(
-                dataset,
-                batch_size=self.batch_size,
-                drop_last=drop_last,
-                num_workers=self.num_workers,
-                collate_fn=collate_fn,
-                persistent_workers=self.num_workers > 0,
-                pin_memory=torch.cuda.is_available(),
-            )
+            return DataLoader(dataset, persistent_workers=self.num_workers > 0, **common)
         # The epoch the loader starts in. Lightning gives set_epoch the fit loop's count of processed epochs, but a
         # resumed run may ask for the loader, and iterate it (which starts the workers and draws their seeds),
         # before its loops are restored (the scheduler's estimated_stepping_batches): the checkpoint's epoch comes
@@ -93,18 +87,8 @@ class SplitDataModule(pl.LightningDataModule):
         # Workers are started anew each epoch (persistent_workers=False), so that torch gives them seeds drawn
         # from the epoch's generator: a persistent worker would carry its augmentation stream from one epoch into
         # the next, and a resumed run could not repeat it.
-        return SeededDataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            generator=sampler.loader_generator,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            collate_fn=collate_fn,
-            worker_init_fn=seed_worker,
-            persistent_workers=False,
-            pin_memory=torch.cuda.is_available(),
-        )
+        return SeededDataLoader(dataset, sampler=sampler, generator=sampler.loader_generator, worker_init_fn=seed_worker,
+                                persistent_workers=False, **common)
 
 
 class GeneratedData:
