@@ -27,3 +27,20 @@ class SaveRankWeights(pl.Callback):
 
 def _params(pl_module: pl.LightningModule) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in pl_module.model.named_parameters()}
+
+
+class HangRank(pl.Callback):
+    """For the DDP timeout tests: rank ``rank`` stops answering (sleeps), or dies, at the start of training batch ``batch``."""
+
+    def __init__(self, rank: int = 1, batch: int = 1, seconds: float = 300.0, kill: bool = False) -> None:
+        self.rank, self.batch, self.seconds, self.kill = rank, batch, seconds, kill
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        if trainer.global_rank == self.rank and batch_idx == self.batch:
+            import os
+            import signal
+            import time
+
+            if self.kill:  # the rank dies instead (kill -9)
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(self.seconds)

@@ -70,7 +70,8 @@ def test_paper_imagenet_experiment_is_the_paper_recipe():
 
 def test_ddp_trainer_config():
     cfg = _compose("trainer=ddp")
-    assert cfg.trainer.strategy == "ddp" and cfg.trainer.sync_batchnorm is True
+    assert cfg.trainer.strategy._target_ == "vision_tasks.distributed.WatchedDDPStrategy"
+    assert cfg.trainer.strategy.timeout_s is None and cfg.trainer.sync_batchnorm is True
     assert cfg.trainer.max_epochs == _compose().trainer.max_epochs  # inherits the default trainer
 
 

@@ -323,3 +323,72 @@ def test_default_run_directories_of_runs_started_together_differ(tmp_path):
     dirs = [proc.communicate(timeout=300)[0].strip() for proc in procs]
     assert all(d.startswith("runs/classification/train-2030-01-01_12-00-00") for d in dirs), dirs
     assert dirs[0] != dirs[1]
+
+
+# --------------------------------------------------------------------------------------------------
+# Distributed: a rank that stops answering
+
+
+def test_ddp_config_has_a_short_process_group_timeout_on_cpu():
+    from hydra.utils import instantiate
+
+    from vision_tasks.distributed import CPU_TIMEOUT_S, WatchedDDPStrategy
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["trainer=ddp", "trainer.strategy.timeout_s=42"])
+    strategy = instantiate(cfg.trainer.strategy)
+    assert isinstance(strategy, WatchedDDPStrategy) and strategy.timeout_s == 42
+    assert CPU_TIMEOUT_S < 1800  # shorter than torch's 30 minutes
+    with pytest.raises(ValueError, match="timeout_s must be a positive number"):
+        WatchedDDPStrategy(timeout_s=0)
+
+
+def test_stalled_rank_is_the_one_behind_or_the_one_silent_longest(tmp_path):
+    from vision_tasks.distributed import _PHASES, describe_stalled_ranks
+
+    def beat(rank, step, phase, seconds_ago):
+        (tmp_path / f"rank{rank}.json").write_text(json.dumps(
+            {"rank": rank, "pid": 100 + rank, "host": "h", "phase": _PHASES[phase], "step": step, "epoch": 0,
+             "time": 1000.0 - seconds_ago}))
+
+    beat(0, 5, 1, 60), beat(1, 4, 2, 61), beat(2, 5, 1, 60)  # rank 1 never started step 5
+    text = describe_stalled_ranks(tmp_path, 4, me=0, now=1000.0)
+    assert "rank 1 (pid 101 on h) stopped answering: last heard from 61 s ago, at step 4" in text
+    assert "rank 2 (" not in text and "rank(s) [3] never wrote a heartbeat" in text
+    beat(1, 5, 1, 300)  # all in the same place: the one heard from least recently
+    (tmp_path / "rank3.json").unlink(missing_ok=True)
+    assert describe_stalled_ranks(tmp_path, 3, me=0, now=1000.0).startswith("rank 1 (pid 101")
+
+
+@pytest.mark.slow
+def test_a_rank_that_hangs_ends_the_ddp_run_after_the_timeout_naming_it(tmp_path, env):
+    """Rank 1 sleeps at its second batch: rank 0 fails after trainer.strategy.timeout_s, names rank 1 and ends it."""
+    run_dir = tmp_path / "run"
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "tools/train.py", "task=classification", *TINY, "trainer.limit_train_batches=4",
+         "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy.timeout_s=45",
+         "+callbacks.hang._target_=rank_weights.HangRank", "+callbacks.hang.seconds=600", f"hydra.run.dir={run_dir}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    elapsed = time.monotonic() - start
+    assert proc.returncode != 0
+    assert "a collective timed out after 45 s (trainer.strategy.timeout_s)" in proc.stderr, proc.stderr[-3000:]
+    assert "rank 1 (pid" in proc.stderr and "stopped answering" in proc.stderr
+    pid = int(proc.stderr.split("rank 1 (pid ")[1].split()[0])
+    time.sleep(1)
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower(), \
+        "the hung rank outlived the job"
+    assert elapsed < 300  # not the 600 s the rank sleeps, nor torch's 30 minutes
+
+
+@pytest.mark.slow
+def test_a_rank_that_dies_ends_the_ddp_run_within_seconds(tmp_path, env):
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "tools/train.py", "task=classification", *TINY, "trainer.limit_train_batches=4",
+         "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy.timeout_s=300",
+         "+callbacks.hang._target_=rank_weights.HangRank", "+callbacks.hang.kill=true",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert time.monotonic() - start < 200, "the survivors waited for the timeout"  # startup included
