@@ -617,7 +617,7 @@ def test_voc_coco_annotation_file_written_on_first_access_once(tmp_path, monkeyp
     args = dict(train_sets=[["2007", "trainval"]], val_set=["2007", "test"], image_size=32, num_workers=0)
     dm = VOCDetectionDataModule(str(root), **args)
     dm.setup("fit")
-    assert not cache.exists() and not written  # nothing in training needs the file: setup() writes none
+    assert not (cache / "coco-annotations").exists() and not written  # nothing in training needs it: setup() writes none
     path = dm.val_annotation_file
     assert dm.val_annotation_file == path and written == [path]  # two accesses, one file
     assert path.parent == cache / "coco-annotations" and path.name.startswith("VOC2007-test-")

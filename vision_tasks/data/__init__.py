@@ -30,6 +30,7 @@ _EXPORTS = {
     "IMAGE_EXTENSIONS": "common",
     "default_data_dir": "common",
     "load_rgb": "common",
+    "verify_images": "verify",
     "SHAPES": "classes",
     "VOC_CLASSES": "classes",
     "VOC_SEG_CLASSES": "classes",

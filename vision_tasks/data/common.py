@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
@@ -33,6 +34,7 @@ __all__ = [
     "MAX_LISTED",
     "Transform",
     "UNREADABLE",
+    "bomb_message",
     "check_data_root",
     "check_each",
     "default_data_dir",
@@ -43,6 +45,8 @@ __all__ = [
     "listing",
     "load_rgb",
     "read_header",
+    "reduced_size",
+    "REDUCE_ABOVE",
 ]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -57,6 +61,15 @@ UNREADABLE: tuple[type[Exception], ...] = (OSError, SyntaxError, ValueError, Ima
 
 DATA_DIR_ENV = "VISION_TASKS_DATA"
 
+# PIL refuses images above 2 x Image.MAX_IMAGE_PIXELS (about 179M pixels) as possible decompression bombs;
+# whoever has genuine images that large raises the limit here (the images are decoded reduced: load_rgb).
+MAX_PIXELS_ENV = "VISION_TASKS_MAX_IMAGE_PIXELS"
+if os.environ.get(MAX_PIXELS_ENV):
+    try:
+        Image.MAX_IMAGE_PIXELS = int(os.environ[MAX_PIXELS_ENV]) // 2
+    except ValueError:
+        raise ValueError(f"{MAX_PIXELS_ENV}={os.environ[MAX_PIXELS_ENV]!r}: expected a number of pixels") from None
+
 # An albumentations pipeline as the datasets call it: keyword arrays in, a dict of results out.
 Transform = Callable[..., dict[str, Any]]
 
@@ -67,17 +80,53 @@ T = TypeVar("T")
 # Images
 
 
-def load_rgb(path: str | os.PathLike[str]) -> np.ndarray:
+def load_rgb(path: str | os.PathLike[str], *, max_side: int | None = None) -> np.ndarray:
     """Read an image file as uint8 ``(H, W, 3)`` RGB; grayscale, palette, 16-bit and alpha images are converted.
 
-    The alpha channel is dropped (as torchvision's ImageFolder loader does). Raises
-    :class:`DataError` naming the file if it cannot be decoded.
+    The alpha channel is dropped (as torchvision's ImageFolder loader does). With ``max_side``, an image
+    whose longer side exceeds it comes reduced to :func:`reduced_size` (a JPEG is decoded reduced, at 1/2,
+    1/4 or 1/8 of its pixels through libjpeg's DCT scaling, so a 12000x12000 photo never occupies 432 MB;
+    other formats are decoded, then resized). Raises :class:`DataError` naming the file if it cannot be
+    decoded, or is larger than the decompression-bomb limit.
     """
     try:
-        with Image.open(path) as img:
-            return np.array(_to_rgb(img))  # a writable copy: transforms may work in place
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # big images are expected: see max_side
+            with Image.open(path) as img:
+                target = reduced_size(img.height, img.width, max_side)
+                if target == (img.height, img.width):
+                    return np.array(_to_rgb(img))  # a writable copy: transforms may work in place
+                if img.format == "JPEG":
+                    img.draft("RGB", (target[1], target[0]))  # the smallest DCT scale that is at least the target
+                return np.array(_to_rgb(img).resize((target[1], target[0]), Image.BILINEAR))
+    except Image.DecompressionBombError as exc:
+        raise DataError(bomb_message(path, exc)) from exc
     except UNREADABLE as exc:
         raise DataError(f"cannot read image {path}: {exc}") from exc
+
+
+def bomb_message(path: str | os.PathLike[str], exc: BaseException) -> str:
+    """What to say of an image PIL refuses as a possible decompression bomb (``Image.DecompressionBombError``)."""
+    return (
+        f"{path}: {exc} PIL refuses images above Image.MAX_IMAGE_PIXELS x 2 = {2 * (Image.MAX_IMAGE_PIXELS or 0):,} "
+        "pixels, because a small file that decodes to that many pixels can exhaust memory. If the image is "
+        "genuine, downscale it (e.g. `convert big.jpg -resize 8000x8000 big.jpg`), or raise the limit with the "
+        "environment variable VISION_TASKS_MAX_IMAGE_PIXELS=<pixels>."
+    )
+
+
+def reduced_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+    """``(height, width)`` scaled so that the longer side is ``max_side``, if it is longer; else unchanged."""
+    if max_side is None or max(height, width) <= max_side:
+        return height, width
+    scale = max_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+# Images whose longer side exceeds this many times the size the pipeline works at are decoded reduced to
+# it (load_rgb's max_side), with their boxes and masks scaled alike: the pipelines end at a fixed size, so
+# beyond this a larger image adds memory (a 12000x12000 photo is 432 MB as RGB) but no detail the model sees.
+REDUCE_ABOVE = 4
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..common import Transform, listing, load_rgb
+from ..common import Transform, listing, load_rgb, reduced_size
 from ..errors import DataError
 
 __all__ = [
@@ -178,32 +178,39 @@ class DetectionDataset(Dataset):
             should end in ``ToTensorV2``. Without one, images come as float ``(3, H, W)`` in ``[0, 1]``
             and boxes unchanged.
 
-    Images are read with :func:`~vision_tasks.data.classification.load_rgb` (grayscale, palette and
-    RGBA become RGB). Raises :class:`DataError` naming the file if it cannot be read or its size is
+    Images are read with :func:`~vision_tasks.data.common.load_rgb` (grayscale, palette and RGBA become
+    RGB); one whose longer side exceeds ``max_side`` is decoded reduced to it, its boxes scaled alike
+    (``orig_size`` and ``annotations`` stay those of the image on disk). Raises :class:`DataError` naming
+    the file if it cannot be read or its size is
     not the one annotated (the boxes would not fit it).
     """
 
-    def __init__(self, records: Sequence[DetectionRecord], transform: Transform | None = None) -> None:
+    def __init__(
+        self, records: Sequence[DetectionRecord], transform: Transform | None = None, *, max_side: int | None = None
+    ) -> None:
         self.records = list(records)
         self.transform = transform
+        self.max_side = max_side
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
         record = self.records[index]
-        image = load_rgb(record.path)
-        height, width = image.shape[:2]
-        if (height, width) != (record.height, record.width):
+        image = load_rgb(record.path, max_side=self.max_side)
+        height, width = record.height, record.width
+        boxes = record.boxes
+        if image.shape[:2] != reduced_size(height, width, self.max_side):
             raise DataError(
-                f"image {record.path} is {width}x{height} but its annotation says {record.width}x{record.height}"
+                f"image {record.path} is {image.shape[1]}x{image.shape[0]} but its annotation says {width}x{height}"
             )
+        if image.shape[:2] != (height, width):  # decoded reduced: the boxes follow
+            boxes = boxes * np.array([image.shape[1] / width, image.shape[0] / height] * 2, dtype=np.float32)
         fields = {"labels": record.labels, "iscrowd": record.iscrowd, "area": record.area}
         if self.transform is None:
             tensor = torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)
-            boxes = record.boxes
         else:
-            out = self.transform(image=image, bboxes=record.boxes, **fields)
+            out = self.transform(image=image, bboxes=boxes, **fields)
             tensor = out["image"]
             boxes = out["bboxes"]
             fields = {name: out[name] for name in fields}

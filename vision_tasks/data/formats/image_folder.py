@@ -34,23 +34,26 @@ class ImageFolderDataset(Dataset):
         transform: called as ``transform(image=uint8_hwc_rgb)["image"]``; it should end in
             ``ToTensorV2``. Without one, images come as float ``(3, H, W)`` in ``[0, 1]``.
         class_names: optional, kept for users of the dataset (``label -> name``).
+        max_side: images with a longer side are decoded reduced to it (:func:`~vision_tasks.data.common.load_rgb`).
 
     Returns per item ``(float32 tensor (3, H, W), int label)``.
     """
 
     def __init__(
-        self, samples: Sequence[Sample], transform: Transform | None = None, class_names: Sequence[str] | None = None
+        self, samples: Sequence[Sample], transform: Transform | None = None, class_names: Sequence[str] | None = None,
+        *, max_side: int | None = None,
     ) -> None:
         self.samples = [(Path(p), int(label)) for p, label in samples]
         self.transform = transform
         self.class_names = list(class_names) if class_names is not None else None
+        self.max_side = max_side
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
-        image = load_rgb(path)
+        image = load_rgb(path, max_side=self.max_side)
         if self.transform is None:
             tensor = torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)
         else:

@@ -28,7 +28,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..classes import voc_colormap
-from ..common import IGNORE_INDEX, MAX_LISTED, UNREADABLE, Transform, check_each, load_rgb, read_header
+from ..common import (
+    IGNORE_INDEX, MAX_LISTED, UNREADABLE, Transform, check_each, load_rgb, read_header, reduced_size,
+)
 from ..errors import DataError
 
 __all__ = [
@@ -187,29 +189,34 @@ class SegmentationDataset(Dataset):
 
     Returns ``(image, mask)``: float32 ``(3, H, W)`` and int64 ``(H, W)``. Images are read with
     :func:`~vision_tasks.data.common.load_rgb` (grayscale, palette and RGBA become RGB),
-    masks with :func:`load_mask`. Raises :class:`DataError` naming the file(s) if one cannot be
-    read, a mask has values outside the classes, or an image and its mask differ in size.
+    masks with :func:`load_mask`; an image whose longer side exceeds ``max_side`` is decoded reduced to it
+    and its mask resized alike (nearest neighbour). Raises :class:`DataError` naming the file(s) if one
+    cannot be read, a mask has values outside the classes, or an image and its mask differ in size.
     """
 
     def __init__(
-        self, records: Sequence[SegmentationRecord], num_classes: int, transform: Transform | None = None
+        self, records: Sequence[SegmentationRecord], num_classes: int, transform: Transform | None = None, *,
+        max_side: int | None = None,
     ) -> None:
         self.records = list(records)
         self.num_classes = int(num_classes)
         self.transform = transform
+        self.max_side = max_side
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         record = self.records[index]
-        image = load_rgb(record.image)
+        image = load_rgb(record.image, max_side=self.max_side)
         mask = load_mask(record.mask, self.num_classes)
-        if image.shape[:2] != mask.shape:
+        if image.shape[:2] != reduced_size(*mask.shape, self.max_side):
             raise DataError(
                 f"image {record.image} is {image.shape[1]}x{image.shape[0]} but its mask {record.mask} is "
                 f"{mask.shape[1]}x{mask.shape[0]}"
             )
+        if image.shape[:2] != mask.shape:  # the image was decoded reduced: the mask follows (class indices: nearest)
+            mask = np.array(Image.fromarray(mask).resize((image.shape[1], image.shape[0]), Image.NEAREST))
         if self.transform is None:
             # [0, 1] floats, as the classification and detection datasets give without a transform
             return torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0), torch.from_numpy(mask).long()

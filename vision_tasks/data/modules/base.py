@@ -8,7 +8,7 @@ them, with ``self.save_hyperparameters({...})``; the bases here record nothing. 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..seeding import EpochShuffle, SeededDataLoader, seed_worker
 from ..synthetic.cache import MANIFEST_NAME, synthetic_root
+from ..verify import BAD_IMAGES, verify_images
 
 __all__ = ["GeneratedData", "SplitDataModule"]
 
@@ -26,7 +27,9 @@ class SplitDataModule(pl.LightningDataModule):
     Training shuffles and drops the last incomplete batch (when there is more than one batch); its order and
     augmentations follow from the run seed (``torch.initial_seed()`` when the loader is made, which
     ``pl.seed_everything`` sets) and the epoch, each DataLoader worker drawing its own (:mod:`..seeding`);
-    ``test`` and ``predict`` use the val split. Subclasses set ``collate_fn`` when samples need
+    ``test`` and ``predict`` use the val split. Every image is decoded once before training (``verify_images``,
+    cached per file: :mod:`..verify`); a bad one stops the run naming it, or with ``bad_images="skip"`` is
+    left out and listed. Subclasses set ``collate_fn`` when samples need
     more than default stacking (detection targets of varying length), and ``eval_collate_fn`` when
     the evaluation loaders batch otherwise (segmentation: images of different sizes, as lists).
     """
@@ -34,9 +37,14 @@ class SplitDataModule(pl.LightningDataModule):
     collate_fn: Callable[[list[Any]], Any] | None = None
     eval_collate_fn: Callable[[list[Any]], Any] | None = None  # None: collate_fn
 
-    def __init__(self, *, batch_size: int, num_workers: int) -> None:
+    def __init__(
+        self, *, batch_size: int, num_workers: int, verify_images: bool = True, bad_images: str = "stop"
+    ) -> None:
         super().__init__()
+        if bad_images not in BAD_IMAGES:
+            raise ValueError(f"bad_images must be one of {BAD_IMAGES}, got {bad_images!r}")
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.verify_images, self.bad_images = bool(verify_images), bad_images
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self._resume_epoch = 0
@@ -62,6 +70,17 @@ class SplitDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self._require(self.val_dataset, "predict"), evaluation=True)
+
+    def _usable(self, paths: Sequence[Path], what: str,
+                expected_sizes: Sequence[tuple[int, int]] | None = None) -> list[bool]:
+        """Which of the images ``paths`` can be used (:func:`~vision_tasks.data.verify.verify_images`).
+
+        All, without checking, when ``verify_images`` is off; with ``bad_images="stop"`` a bad image raises
+        :class:`~vision_tasks.data.errors.DataError` naming it, with ``"skip"`` it is reported and left out.
+        """
+        if not self.verify_images:
+            return [True] * len(paths)
+        return verify_images(paths, bad_images=self.bad_images, expected_sizes=expected_sizes, what=what)
 
     def _require(self, dataset: Dataset | None, stage: str) -> Dataset:
         if dataset is None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..common import Transform
+from ..common import REDUCE_ABOVE, Transform
 from ..errors import DataError
 from ..formats.image_folder import ImageFolderDataset, scan_image_folder
 from ..synthetic.classification import generate_classification
@@ -42,7 +42,8 @@ class ImageFolderDataModule(SplitDataModule):
         resize_size: evaluation resize of the shorter side (default ``image_size / 0.875``).
         scale, hflip: training augmentation (see :func:`classification_train_transform`).
         batch_size, num_workers: of every loader.
-        verify_images: read every image header during ``setup``.
+        verify_images: decode every image once during ``setup`` (cached per file for later runs).
+        bad_images: ``"stop"`` (a bad image stops the run, naming it) or ``"skip"`` (left out, listed).
         class_names: use these classes, in this label order, instead of all sub-folders.
 
     Images come as float ``(3, image_size, image_size)`` in [0, 1]: the models normalise them
@@ -62,23 +63,26 @@ class ImageFolderDataModule(SplitDataModule):
         batch_size: int = 64,
         num_workers: int = 2,
         verify_images: bool = True,
+        bad_images: str = "stop",
         class_names: list[str] | None = None,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, verify_images=verify_images,
+                         bad_images=bad_images)
         self.save_hyperparameters(
             dict(
                 root=root, train_dir=train_dir, val_dir=val_dir, image_size=image_size, resize_size=resize_size,
                 scale=scale, hflip=hflip, batch_size=batch_size, num_workers=num_workers,
-                verify_images=verify_images, class_names=class_names,
+                verify_images=verify_images, bad_images=bad_images, class_names=class_names,
             )
         )
         self.root = Path(root).expanduser()
         self.train_dir, self.val_dir = train_dir, val_dir
-        self.verify_images = verify_images
         self.requested_classes = list(class_names) if class_names is not None else None
         # Built now so that a bad augmentation argument fails at construction, not at setup.
         self.train_transform = classification_train_transform(image_size, scale=scale, hflip=hflip)
         self.eval_transform = classification_eval_transform(image_size, resize_size=resize_size)
+        # larger images are decoded reduced (the crops and the evaluation resize work at about this size)
+        self.max_side = REDUCE_ABOVE * int(resize_size or image_size)
         self._class_names: list[str] | None = None
 
     @property
@@ -101,9 +105,11 @@ class ImageFolderDataModule(SplitDataModule):
             self.val_dataset = self._scan(self.root / self.val_dir, self.eval_transform)
 
     def _scan(self, split_dir: Path, transform: Transform) -> ImageFolderDataset:
-        samples, classes = scan_image_folder(split_dir, self.requested_classes, verify_images=self.verify_images)
+        samples, classes = scan_image_folder(split_dir, self.requested_classes)
+        usable = self._usable([path for path, _ in samples], f"images of {split_dir}")
+        samples = [sample for sample, ok in zip(samples, usable) if ok]
         self._set_classes(classes, split_dir)
-        return ImageFolderDataset(samples, transform, classes)
+        return ImageFolderDataset(samples, transform, classes, max_side=self.max_side)
 
     def _set_classes(self, classes: list[str], split_dir: Path) -> None:
         if self._class_names is None:

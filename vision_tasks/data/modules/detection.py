@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 from ...files import atomic_write
 from ..classes import SHAPES, VOC_CLASSES
-from ..common import Transform, default_data_dir
+from ..common import REDUCE_ABOVE, Transform, default_data_dir
 from ..errors import DataError
 from ..formats.coco import coco_categories, load_json, read_coco
 from ..formats.detection import DetectionAnnotations, DetectionDataset, detection_collate
@@ -57,11 +57,15 @@ class _DetectionDataModule(SplitDataModule):
         augmentation: str,
         batch_size: int,
         num_workers: int,
+        verify_images: bool = True,
+        bad_images: str = "stop",
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, verify_images=verify_images,
+                         bad_images=bad_images)
         # Built now so that a bad augmentation argument fails at construction, not at setup.
         self.train_transform = detection_train_transform(image_size, augmentation=augmentation)
         self.eval_transform = detection_eval_transform(image_size)
+        self.max_side = REDUCE_ABOVE * int(image_size)  # larger images are decoded reduced, boxes scaled alike
         self._categories: tuple[list[str], list[int]] | None = None
 
     def _read_train(self) -> DetectionAnnotations:
@@ -109,7 +113,10 @@ class _DetectionDataModule(SplitDataModule):
                 f"{list(zip(self._categories[1], self._categories[0]))}"
             )
         self._categories = found
-        return DetectionDataset(annotations.records, transform)
+        records = annotations.records
+        usable = self._usable([r.path for r in records], f"{which} images",
+                              expected_sizes=[(r.height, r.width) for r in records])
+        return DetectionDataset([r for r, ok in zip(records, usable) if ok], transform, max_side=self.max_side)
 
 
 class ConvertedDetectionDataModule(_DetectionDataModule):
@@ -169,6 +176,9 @@ class CocoDetectionDataModule(_DetectionDataModule):
         augmentation: training preset, ``"ssd"``, ``"ssdlite"`` or ``"none"`` (see
             :func:`~vision_tasks.data.transforms.detection.detection_train_transform`).
         batch_size, num_workers: of every loader.
+        verify_images: decode every image once during ``setup`` and check its size against the annotation
+            (cached per file for later runs).
+        bad_images: ``"stop"`` (a bad image stops the run, naming it) or ``"skip"`` (left out, listed).
 
     Images come as float ``(3, image_size, image_size)`` in [0, 1] (the models normalise them
     themselves); each target carries the boxes of that input and the image's own ``annotations``.
@@ -184,14 +194,18 @@ class CocoDetectionDataModule(_DetectionDataModule):
         augmentation: str = "ssd",
         batch_size: int = 32,
         num_workers: int = 4,
+        verify_images: bool = True,
+        bad_images: str = "stop",
     ) -> None:
         super().__init__(
             image_size=image_size, augmentation=augmentation, batch_size=batch_size, num_workers=num_workers,
+            verify_images=verify_images, bad_images=bad_images,
         )
         self.save_hyperparameters(
             dict(
                 root=root, train_split=train_split, val_split=val_split, image_size=image_size,
                 augmentation=augmentation, batch_size=batch_size, num_workers=num_workers,
+                verify_images=verify_images, bad_images=bad_images,
             )
         )
         self.root = Path(root).expanduser()
@@ -321,15 +335,18 @@ class VOCDetectionDataModule(ConvertedDetectionDataModule):
         augmentation: str = "ssd",
         batch_size: int = 32,
         num_workers: int = 4,
+        verify_images: bool = True,
+        bad_images: str = "stop",
     ) -> None:
         super().__init__(
             image_size=image_size, augmentation=augmentation, batch_size=batch_size, num_workers=num_workers,
+            verify_images=verify_images, bad_images=bad_images,
         )
         self.save_hyperparameters(
             dict(
                 root=root, train_sets=train_sets, val_set=val_set, class_names=class_names,
                 keep_difficult=keep_difficult, image_size=image_size, augmentation=augmentation,
-                batch_size=batch_size, num_workers=num_workers,
+                batch_size=batch_size, num_workers=num_workers, verify_images=verify_images, bad_images=bad_images,
             )
         )
         self.root = Path(root).expanduser()

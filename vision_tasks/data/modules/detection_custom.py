@@ -63,9 +63,12 @@ class VOCFolderDetectionDataModule(ConvertedDetectionDataModule):
         augmentation: str = "ssdlite",
         batch_size: int = 16,
         num_workers: int = 2,
+        verify_images: bool = True,
+        bad_images: str = "stop",
     ) -> None:
         super().__init__(
             image_size=image_size, augmentation=augmentation, batch_size=batch_size, num_workers=num_workers,
+            verify_images=verify_images, bad_images=bad_images,
         )
         self.save_hyperparameters(
             dict(
@@ -73,6 +76,7 @@ class VOCFolderDetectionDataModule(ConvertedDetectionDataModule):
                 val_fraction=val_fraction, split_seed=split_seed, class_names=class_names,
                 keep_difficult=keep_difficult, keep_unannotated=keep_unannotated, image_size=image_size,
                 augmentation=augmentation, batch_size=batch_size, num_workers=num_workers,
+                verify_images=verify_images, bad_images=bad_images,
             )
         )
         if (train_list is None) != (val_list is None):
@@ -135,14 +139,18 @@ class YOLODetectionDataModule(ConvertedDetectionDataModule):
         augmentation: str = "ssdlite",
         batch_size: int = 16,
         num_workers: int = 2,
+        verify_images: bool = True,
+        bad_images: str = "stop",
     ) -> None:
         super().__init__(
             image_size=image_size, augmentation=augmentation, batch_size=batch_size, num_workers=num_workers,
+            verify_images=verify_images, bad_images=bad_images,
         )
         self.save_hyperparameters(
             dict(
                 root=root, train_split=train_split, val_split=val_split, class_names=class_names,
                 image_size=image_size, augmentation=augmentation, batch_size=batch_size, num_workers=num_workers,
+                verify_images=verify_images, bad_images=bad_images,
             )
         )
         self.root = Path(root).expanduser()

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..classes import SHAPES, VOC_SEG_CLASSES
-from ..common import IGNORE_INDEX
+from ..common import IGNORE_INDEX, REDUCE_ABOVE
 from ..formats.mask_folder import read_segmentation_folder
 from ..formats.masks import (
     SegmentationDataset,
@@ -59,12 +59,16 @@ class _SegmentationDataModule(SplitDataModule):
         batch_size: int,
         num_workers: int,
         verify_masks: bool = True,
+        verify_images: bool = True,
+        bad_images: str = "stop",
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, verify_images=verify_images,
+                         bad_images=bad_images)
         self._class_names = _check_class_names(class_names)
         self.verify_masks = verify_masks
         # Built now so that a bad augmentation argument fails at construction, not at setup.
         self.train_transform = segmentation_train_transform(crop_size, scale_range=scale_range)
+        self.max_side = REDUCE_ABOVE * int(crop_size)  # larger images are decoded reduced, their masks alike
         self.eval_transform = segmentation_eval_transform()
 
     @property
@@ -80,12 +84,15 @@ class _SegmentationDataModule(SplitDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Read and check the splits the ``stage`` needs (train for ``fit``; val always) and build datasets."""
         if stage in (None, "fit") and self.train_dataset is None:
-            self.train_dataset = SegmentationDataset(self._records(self._read_train()), self.num_classes,
-                                                     self.train_transform)
+            self.train_dataset = SegmentationDataset(self._records(self._read_train(), "training"), self.num_classes,
+                                                     self.train_transform, max_side=self.max_side)
         if self.val_dataset is None:
-            self.val_dataset = SegmentationDataset(self._records(self._read_val()), self.num_classes, self.eval_transform)
+            self.val_dataset = SegmentationDataset(self._records(self._read_val(), "validation"), self.num_classes,
+                                                   self.eval_transform, max_side=self.max_side)
 
-    def _records(self, records: list[SegmentationRecord]) -> list[SegmentationRecord]:
+    def _records(self, records: list[SegmentationRecord], which: str) -> list[SegmentationRecord]:
+        usable = self._usable([record.image for record in records], f"{which} images")
+        records = [record for record, ok in zip(records, usable) if ok]
         if self.verify_masks:  # bad values stop the run now, not in the middle of an epoch
             check_mask_values(records, self.num_classes)
         return records
@@ -136,6 +143,8 @@ class VOCSegmentationDataModule(_SegmentationDataModule):
         verify_masks: read every mask once in ``setup`` and stop on values outside the classes
             (:func:`~vision_tasks.data.formats.masks.check_mask_values`), rather than at the batch that
             holds the first bad mask.
+        verify_images, bad_images: decode every image once in ``setup`` (cached per file for later runs); a
+            bad image stops the run naming it (``"stop"``) or is left out and listed (``"skip"``).
     """
 
     _CLASS_NAMES: tuple[str, ...] = VOC_SEG_CLASSES
@@ -153,17 +162,19 @@ class VOCSegmentationDataModule(_SegmentationDataModule):
         scale_range: tuple[float, float] = (0.5, 2.0),
         batch_size: int = 8,
         num_workers: int = 4,
+        verify_images: bool = True,
+        bad_images: str = "stop",
         verify_masks: bool = True,
     ) -> None:
         super().__init__(
             class_names=self._CLASS_NAMES, crop_size=crop_size, scale_range=scale_range, batch_size=batch_size,
-            num_workers=num_workers, verify_masks=verify_masks,
+            num_workers=num_workers, verify_images=verify_images, bad_images=bad_images, verify_masks=verify_masks,
         )
         self.save_hyperparameters(
             dict(
                 root=root, year=year, train_split=train_split, val_split=val_split, train_masks=train_masks,
                 val_masks=val_masks, crop_size=crop_size, scale_range=scale_range, batch_size=batch_size,
-                num_workers=num_workers, verify_masks=verify_masks,
+                num_workers=num_workers, verify_images=verify_images, bad_images=bad_images, verify_masks=verify_masks,
             )
         )
         self.root = Path(root).expanduser()
@@ -203,17 +214,19 @@ class SegmentationFolderDataModule(_SegmentationDataModule):
         scale_range: tuple[float, float] = (0.5, 2.0),
         batch_size: int = 8,
         num_workers: int = 4,
+        verify_images: bool = True,
+        bad_images: str = "stop",
         verify_masks: bool = True,
     ) -> None:
         super().__init__(
             class_names=class_names, crop_size=crop_size, scale_range=scale_range, batch_size=batch_size,
-            num_workers=num_workers, verify_masks=verify_masks,
+            num_workers=num_workers, verify_images=verify_images, bad_images=bad_images, verify_masks=verify_masks,
         )
         self.save_hyperparameters(
             dict(
                 root=root, class_names=class_names, train_split=train_split, val_split=val_split, images=images,
                 masks=masks, crop_size=crop_size, scale_range=scale_range, batch_size=batch_size,
-                num_workers=num_workers, verify_masks=verify_masks,
+                num_workers=num_workers, verify_images=verify_images, bad_images=bad_images, verify_masks=verify_masks,
             )
         )
         self.root = Path(root).expanduser()
@@ -266,6 +279,8 @@ class SyntheticSegmentationDataModule(GeneratedData, VOCSegmentationDataModule):
         scale_range: tuple[float, float] = (0.75, 1.5),
         batch_size: int = 16,
         num_workers: int = 0,
+        verify_images: bool = True,
+        bad_images: str = "stop",
         verify_masks: bool = True,
     ) -> None:
         self.generation_params = dict(
@@ -275,7 +290,7 @@ class SyntheticSegmentationDataModule(GeneratedData, VOCSegmentationDataModule):
         )
         super().__init__(
             self._synthetic_root(root), crop_size=crop_size, scale_range=scale_range, batch_size=batch_size,
-            num_workers=num_workers, verify_masks=verify_masks,
+            num_workers=num_workers, verify_images=verify_images, bad_images=bad_images, verify_masks=verify_masks,
         )
         # This module's own arguments, root as given (None: the cache folder), in place of what
         # VOCSegmentationDataModule recorded (the resolved folder, its split and mask folders, which this
@@ -286,6 +301,7 @@ class SyntheticSegmentationDataModule(GeneratedData, VOCSegmentationDataModule):
                 root=root, num_train=num_train, num_val=num_val, synthetic_image_size=synthetic_image_size,
                 min_objects=min_objects, max_objects=max_objects, min_size=min_size, max_size=max_size,
                 max_overlap=max_overlap, seed=seed, clutter=clutter, crop_size=crop_size, scale_range=scale_range,
-                batch_size=batch_size, num_workers=num_workers, verify_masks=verify_masks,
+                batch_size=batch_size,
+                num_workers=num_workers, verify_images=verify_images, bad_images=bad_images, verify_masks=verify_masks,
             )
         )
