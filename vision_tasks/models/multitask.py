@@ -43,7 +43,7 @@ from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocessing
 from .ssdlite import SSDLiteMobileNetV2, SSDLiteParts
 from .weights import describe_weights, weights_settings
 
-__all__ = ["HEADS", "OUTPUT_STRIDES", "MultiTaskMobileNetV2", "multitask_mobilenet_v2"]
+__all__ = ["HEADS", "OUTPUT_STRIDES", "MultiTaskMobileNetV2", "head_defaults", "multitask_mobilenet_v2"]
 
 HEADS: tuple[str, ...] = ("classification", "detection", "segmentation")
 OUTPUT_STRIDES: tuple[int, ...] = (32, 16)
