@@ -4,8 +4,9 @@ Each model takes float images ``(N, 3, H, W)`` in [0, 1] (or uint8) and normalis
 (:class:`ImagePreprocessing`, with the ``mean``/``std`` of its weights), and keeps its constructor
 arguments, normalisation included, in ``model.config``, which checkpoints and converted files carry
 so that a model can be rebuilt from them alone (:func:`build_model`, :func:`model_from_weights`).
-The builders (:func:`mobilenet_v2_classifier`, :func:`ssdlite_mobilenet_v2`,
-:func:`deeplabv3_mobilenet_v2`) let the loaded weights decide the normalisation and the padding
+:class:`MultiTaskMobileNetV2` runs one backbone for any subset of the three heads. The builders
+(:func:`mobilenet_v2_classifier`, :func:`ssdlite_mobilenet_v2`, :func:`deeplabv3_mobilenet_v2`,
+:func:`multitask_mobilenet_v2`) let the loaded weights decide the normalisation and the padding
 (:func:`describe_weights`).
 """
 
@@ -21,6 +22,7 @@ import backbones
 from .batchnorm import folded_batch_norms, unfold_batch_norms
 from .classifier import MobileNetV2Classifier, mobilenet_v2_classifier
 from .deeplab import MF_SCALES, DeepLabV3MobileNetV2, deeplabv3_mobilenet_v2, multi_scale_logits, scale_dimension
+from .multitask import HEADS, MultiTaskMobileNetV2, multitask_mobilenet_v2
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocessing, preprocessing_config
 from .ssdlite import SSDLiteMobileNetV2, scale_boxes, ssdlite_mobilenet_v2
 from .hub import is_weight_name, list_weights, resolve_weights
@@ -32,8 +34,10 @@ __all__ = [
     "MF_SCALES",
     "MODELS",
     "DeepLabV3MobileNetV2",
+    "HEADS",
     "ImagePreprocessing",
     "MobileNetV2Classifier",
+    "MultiTaskMobileNetV2",
     "SSDLiteMobileNetV2",
     "WeightsInfo",
     "build_model",
@@ -46,6 +50,7 @@ __all__ = [
     "mobilenet_v2_classifier",
     "model_from_weights",
     "multi_scale_logits",
+    "multitask_mobilenet_v2",
     "preprocessing_config",
     "read_record",
     "record_path",
@@ -62,6 +67,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "MobileNetV2Classifier": MobileNetV2Classifier,
     "SSDLiteMobileNetV2": SSDLiteMobileNetV2,
     "DeepLabV3MobileNetV2": DeepLabV3MobileNetV2,
+    "MultiTaskMobileNetV2": MultiTaskMobileNetV2,
 }
 
 

@@ -17,13 +17,47 @@ from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocessing
 from .hub import resolve_weights
 from .weights import weights_settings
 
-__all__ = ["MF_SCALES", "DeepLabV3MobileNetV2", "deeplabv3_mobilenet_v2", "multi_scale_logits", "scale_dimension"]
+__all__ = ["MF_SCALES", "DeepLabParts", "DeepLabV3MobileNetV2", "deeplabv3_mobilenet_v2", "multi_scale_logits", "scale_dimension"]
 
 # The paper's "MF" evaluation (Table 7): inputs at these scales, each also left-right flipped.
 MF_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 
-class DeepLabV3MobileNetV2(nn.Module):
+class DeepLabParts(nn.Module):
+    """What DeepLabv3 adds to a backbone: :class:`heads.DeepLabV3Head` (``head``), the optional auxiliary
+    :class:`heads.FCNAuxHead` (``aux_head``), and logits resized to the input.
+
+    The base of :class:`DeepLabV3MobileNetV2` and of the segmentation branch of
+    :class:`~vision_tasks.models.MultiTaskMobileNetV2`: :meth:`_build_deeplab` builds the heads in a subclass's
+    ``__init__``, :meth:`predict` turns backbone maps into logits at the input size.
+    """
+
+    # The layers whose outputs are the classes (re-initialised when fine-tuning on other classes).
+    CLASS_LAYERS = ("head.classifier.", "aux_head.4.")
+
+    def _build_deeplab(
+        self, in_channels: int, aux_channels: int | None, *, num_classes: int, output_stride: int, aspp: bool,
+        separable_aspp: bool, head_channels: int, dropout: float, bn_eps: float, bn_momentum: float,
+    ) -> None:
+        """Build the head for a tap of ``in_channels`` and, with ``aux_channels``, the auxiliary head (the other
+        arguments: see :class:`DeepLabV3MobileNetV2`; ``output_stride`` sets the ASPP rates)."""
+        bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
+        self.head = DeepLabV3Head(
+            in_channels, num_classes, channels=head_channels,
+            atrous_rates=aspp_rates(output_stride) if aspp else None, separable=separable_aspp, dropout=dropout, **bn,
+        )
+        self.aux_head = None if aux_channels is None else FCNAuxHead(aux_channels, num_classes, **bn)
+
+    def predict(self, x: Tensor, size: Sequence[int], aux_x: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """``(logits, aux_logits)`` at ``size`` (H, W) from the head's tap ``x`` and the auxiliary head's tap
+        ``aux_x``; ``aux_logits`` is ``None`` without an auxiliary head (or without ``aux_x``)."""
+        logits = upsample_logits(self.head(x), size)
+        if self.aux_head is None or aux_x is None:
+            return logits, None
+        return logits, upsample_logits(self.aux_head(aux_x), size)
+
+
+class DeepLabV3MobileNetV2(DeepLabParts):
     """Mobile DeepLabv3 (paper section 6.3, Table 7): MobileNetV2 with dilation + :class:`heads.DeepLabV3Head`.
 
     The backbone runs at ``output_stride`` 16 or 8 (later strides become dilation, TF-Slim/DeepLab
@@ -64,9 +98,6 @@ class DeepLabV3MobileNetV2(nn.Module):
         logits = model(torch.rand(1, 3, 513, 513))   # (1, 21, 513, 513)
         labels = logits.argmax(1)
     """
-
-    # The layers whose outputs are the classes (re-initialised when fine-tuning on other classes).
-    CLASS_LAYERS = ("head.classifier.", "aux_head.4.")
 
     def __init__(
         self,
@@ -110,27 +141,23 @@ class DeepLabV3MobileNetV2(nn.Module):
             round_nearest=round_nearest,
         )
         channels = {info.name: info.channels for info in self.backbone.feature_info}
-        bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
-        self.head = DeepLabV3Head(
-            channels[feature], num_classes, channels=head_channels,
-            atrous_rates=aspp_rates(output_stride) if aspp else None, separable=separable_aspp, dropout=dropout, **bn,
+        self._build_deeplab(
+            channels[feature], None if aux_feature is None else channels[aux_feature], num_classes=num_classes,
+            output_stride=output_stride, aspp=aspp, separable_aspp=separable_aspp, head_channels=head_channels,
+            dropout=dropout, bn_eps=bn_eps, bn_momentum=bn_momentum,
         )
-        self.aux_head = None if aux_feature is None else FCNAuxHead(channels[aux_feature], num_classes, **bn)
 
     def logits(self, x: Tensor) -> Tensor:
         """Logits at the size of ``x``, an already normalised batch (what :meth:`forward` runs after
         :attr:`preprocess`)."""
-        return upsample_logits(self.head(self.backbone(x)[self.feature]), x.shape[-2:])
+        return self.predict(self.backbone(x)[self.feature], x.shape[-2:])[0]
 
     def forward_with_aux(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         """``(logits, aux_logits)``, both ``(N, num_classes, H, W)`` at the input size; ``aux_logits`` is
         ``None`` without an auxiliary head."""
         features = self.backbone(self.preprocess(images))
-        size = images.shape[-2:]
-        logits = upsample_logits(self.head(features[self.feature]), size)
-        if self.aux_head is None:
-            return logits, None
-        return logits, upsample_logits(self.aux_head(features[self.aux_feature]), size)
+        return self.predict(features[self.feature], images.shape[-2:],
+                            None if self.aux_feature is None else features[self.aux_feature])
 
     def forward(self, images: Tensor) -> Tensor:
         return self.logits(self.preprocess(images))

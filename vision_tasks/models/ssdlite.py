@@ -15,7 +15,7 @@ from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocessing
 from .hub import resolve_weights
 from .weights import weights_settings
 
-__all__ = ["SSDLiteMobileNetV2", "scale_boxes", "ssdlite_mobilenet_v2"]
+__all__ = ["SSDLiteMobileNetV2", "SSDLiteParts", "scale_boxes", "ssdlite_mobilenet_v2"]
 
 
 def scale_boxes(boxes: Tensor, from_size: Sequence[int], to_size: Sequence[int]) -> Tensor:
@@ -28,7 +28,87 @@ def scale_boxes(boxes: Tensor, from_size: Sequence[int], to_size: Sequence[int])
     return boxes * scale
 
 
-class SSDLiteMobileNetV2(nn.Module):
+class SSDLiteParts(nn.Module):
+    """What SSDLite adds to a backbone's maps: :class:`heads.SSDLiteHead` (``head``), anchors, box coding, loss
+    and post-processing (NMS).
+
+    The base of :class:`SSDLiteMobileNetV2` and of the detection branch of
+    :class:`~vision_tasks.models.MultiTaskMobileNetV2`, which run it on maps of their own backbone:
+    :meth:`_build_ssdlite` builds the parts in a subclass's ``__init__``, :meth:`predict` turns the backbone
+    maps into the head outputs that :meth:`loss` and :meth:`postprocess` take.
+    """
+
+    # The layers whose outputs are the classes (re-initialised when fine-tuning on other classes): the 1x1
+    # classification predictors of every map.
+    CLASS_LAYERS = tuple(f"head.classification_head.{i}.1." for i in range(2 + len(EXTRA_DEPTHS)))
+    CLASS_OFFSET = 1  # the class layers give each anchor a background slot before its classes
+
+    def _build_ssdlite(
+        self, in_channels: Sequence[int], *, num_classes: int, width_mult: float, anchor_layout: str,
+        min_scale: float, max_scale: float, aspect_ratios: Sequence[float], classification_loss: str,
+        focal_alpha: float, focal_gamma: float, localization_per_coordinate: bool, neg_pos_ratio: float,
+        iou_threshold: float, score_thresh: float, nms_thresh: float, topk_candidates: int, detections_per_img: int,
+        bn_eps: float, bn_momentum: float, head_padding: str, min_depth: int | None,
+    ) -> None:
+        """Build the parts for backbone maps of ``in_channels`` (the arguments: see :class:`SSDLiteMobileNetV2`)."""
+        self.anchor_generator = DefaultBoxGenerator(
+            aspect_ratios, min_scale, max_scale, num_maps=len(in_channels) + len(EXTRA_DEPTHS), layout=anchor_layout,
+        )
+        self.head = SSDLiteHead(
+            list(in_channels), self.anchor_generator.num_anchors_per_location(),
+            num_classes + 1, EXTRA_DEPTHS, width_mult=width_mult, bn_eps=bn_eps, bn_momentum=bn_momentum,
+            padding=head_padding, **({} if min_depth is None else {"min_depth": min_depth}),
+        )
+        self.box_coder = BoxCoder()
+        self.criterion = SSDLoss(self.box_coder, neg_pos_ratio, iou_threshold=iou_threshold,
+                                 classification=classification_loss, focal_alpha=focal_alpha, focal_gamma=focal_gamma,
+                                 localization_per_coordinate=localization_per_coordinate)
+        self.postprocess_settings = dict(
+            score_thresh=score_thresh, nms_thresh=nms_thresh, topk_candidates=topk_candidates,
+            detections_per_img=detections_per_img, classification=classification_loss,
+        )
+        self._anchor_cache: dict[tuple, Tensor] = {}
+
+    def anchors(self, feature_sizes: Sequence[tuple[int, int]], image_size: Sequence[int],
+                device: torch.device, dtype: torch.dtype) -> Tensor:
+        """Default boxes ``(A, 4)`` for an input of ``image_size`` (cached; they depend on the size only)."""
+        key = (int(image_size[0]), int(image_size[1]), device, dtype)
+        if key not in self._anchor_cache:
+            self._anchor_cache[key] = self.anchor_generator(feature_sizes, key[:2], device, dtype)
+        return self._anchor_cache[key]
+
+    def predict(self, maps: Sequence[Tensor], image_size: Sequence[int]) -> dict[str, Tensor]:
+        """Head outputs for the backbone ``maps`` of an input of ``image_size`` (H, W): ``cls_logits``
+        (N, A, num_classes + 1), ``bbox_regression`` (N, A, 4), ``anchors`` (A, 4) and ``image_size``."""
+        cls_logits, bbox_regression, feature_sizes = self.head(list(maps))
+        anchors = self.anchors(feature_sizes, image_size, cls_logits.device, cls_logits.dtype)
+        return {"cls_logits": cls_logits, "bbox_regression": bbox_regression, "anchors": anchors,
+                "image_size": tuple(int(s) for s in image_size)}
+
+    def loss(self, head_out: dict[str, Tensor], targets: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """``{"classification", "localization"}`` (see :class:`heads.SSDLoss`); target boxes in input pixels,
+        labels in ``0..num_classes-1``."""
+        return self.criterion(head_out["cls_logits"], head_out["bbox_regression"], head_out["anchors"], targets)
+
+    def postprocess(
+        self, head_out: dict[str, Tensor], original_sizes: Sequence[Sequence[int]] | Tensor | None = None
+    ) -> list[dict[str, Tensor]]:
+        """Detections per image (see :func:`heads.postprocess_detections`), in input pixels, or in the pixels
+        of the original images when their ``original_sizes`` ((H, W) per image) are given."""
+        image_size = head_out["image_size"]
+        detections = postprocess_detections(
+            head_out["cls_logits"], head_out["bbox_regression"], head_out["anchors"], image_size,
+            box_coder=self.box_coder, **self.postprocess_settings,
+        )
+        if original_sizes is None:
+            return detections
+        if len(original_sizes) != len(detections):
+            raise ValueError(f"original_sizes has {len(original_sizes)} entries for {len(detections)} images")
+        return [{**det, "boxes": scale_boxes(det["boxes"], image_size, [int(v) for v in size])}
+                for det, size in zip(detections, original_sizes)]
+
+
+class SSDLiteMobileNetV2(SSDLiteParts):
     """SSDLite object detector on MobileNetV2 (paper section 6.2, Table 6), anchors to NMS included.
 
     The backbone is tapped at ``layer15_expand`` (576 channels at width 1.0, stride 16) and
@@ -82,10 +162,6 @@ class SSDLiteMobileNetV2(nn.Module):
     """
 
     FEATURES = ("layer15_expand", "layer19")
-    # The layers whose outputs are the classes (re-initialised when fine-tuning on other classes): the 1x1
-    # classification predictors of every map.
-    CLASS_LAYERS = tuple(f"head.classification_head.{i}.1." for i in range(2 + len(EXTRA_DEPTHS)))
-    CLASS_OFFSET = 1  # the class layers give each anchor a background slot before its classes
 
     def __init__(
         self,
@@ -148,63 +224,21 @@ class SSDLiteMobileNetV2(nn.Module):
             bn_momentum=bn_momentum, freeze_bn=freeze_bn, padding=padding, round_nearest=round_nearest,
             min_depth=min_depth, scale_last_conv=scale_last_conv,
         )
-        self.anchor_generator = DefaultBoxGenerator(
-            aspect_ratios, min_scale, max_scale, num_maps=len(self.backbone.feature_info) + len(EXTRA_DEPTHS),
-            layout=anchor_layout,
+        self._build_ssdlite(
+            [info.channels for info in self.backbone.feature_info], num_classes=num_classes, width_mult=width_mult,
+            anchor_layout=anchor_layout, min_scale=min_scale, max_scale=max_scale, aspect_ratios=aspect_ratios,
+            classification_loss=classification_loss, focal_alpha=focal_alpha, focal_gamma=focal_gamma,
+            localization_per_coordinate=localization_per_coordinate, neg_pos_ratio=neg_pos_ratio,
+            iou_threshold=iou_threshold, score_thresh=score_thresh, nms_thresh=nms_thresh,
+            topk_candidates=topk_candidates, detections_per_img=detections_per_img, bn_eps=bn_eps,
+            bn_momentum=bn_momentum, head_padding=head_padding, min_depth=min_depth,
         )
-        self.head = SSDLiteHead(
-            [info.channels for info in self.backbone.feature_info], self.anchor_generator.num_anchors_per_location(),
-            num_classes + 1, EXTRA_DEPTHS, width_mult=width_mult, bn_eps=bn_eps, bn_momentum=bn_momentum,
-            padding=head_padding, **({} if min_depth is None else {"min_depth": min_depth}),
-        )
-        self.box_coder = BoxCoder()
-        self.criterion = SSDLoss(self.box_coder, neg_pos_ratio, iou_threshold=iou_threshold,
-                                 classification=classification_loss, focal_alpha=focal_alpha, focal_gamma=focal_gamma,
-                                 localization_per_coordinate=localization_per_coordinate)
-        self.postprocess_settings = dict(
-            score_thresh=score_thresh, nms_thresh=nms_thresh, topk_candidates=topk_candidates,
-            detections_per_img=detections_per_img, classification=classification_loss,
-        )
-        self._anchor_cache: dict[tuple, Tensor] = {}
-
-    def anchors(self, feature_sizes: Sequence[tuple[int, int]], image_size: Sequence[int],
-                device: torch.device, dtype: torch.dtype) -> Tensor:
-        """Default boxes ``(A, 4)`` for an input of ``image_size`` (cached; they depend on the size only)."""
-        key = (int(image_size[0]), int(image_size[1]), device, dtype)
-        if key not in self._anchor_cache:
-            self._anchor_cache[key] = self.anchor_generator(feature_sizes, key[:2], device, dtype)
-        return self._anchor_cache[key]
 
     def forward_head(self, images: Tensor) -> dict[str, Tensor]:
         """Network outputs for images in [0, 1]: ``cls_logits`` (N, A, num_classes + 1), ``bbox_regression``
         (N, A, 4) and ``anchors`` (A, 4), plus ``image_size`` (the input's (H, W))."""
         features = self.backbone(self.preprocess(images))
-        cls_logits, bbox_regression, feature_sizes = self.head([features[name] for name in self.FEATURES])
-        anchors = self.anchors(feature_sizes, images.shape[-2:], cls_logits.device, cls_logits.dtype)
-        return {"cls_logits": cls_logits, "bbox_regression": bbox_regression, "anchors": anchors,
-                "image_size": tuple(int(s) for s in images.shape[-2:])}
-
-    def loss(self, head_out: dict[str, Tensor], targets: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
-        """``{"classification", "localization"}`` (see :class:`heads.SSDLoss`); target boxes in input pixels,
-        labels in ``0..num_classes-1``."""
-        return self.criterion(head_out["cls_logits"], head_out["bbox_regression"], head_out["anchors"], targets)
-
-    def postprocess(
-        self, head_out: dict[str, Tensor], original_sizes: Sequence[Sequence[int]] | Tensor | None = None
-    ) -> list[dict[str, Tensor]]:
-        """Detections per image (see :func:`heads.postprocess_detections`), in input pixels, or in the pixels
-        of the original images when their ``original_sizes`` ((H, W) per image) are given."""
-        image_size = head_out["image_size"]
-        detections = postprocess_detections(
-            head_out["cls_logits"], head_out["bbox_regression"], head_out["anchors"], image_size,
-            box_coder=self.box_coder, **self.postprocess_settings,
-        )
-        if original_sizes is None:
-            return detections
-        if len(original_sizes) != len(detections):
-            raise ValueError(f"original_sizes has {len(original_sizes)} entries for {len(detections)} images")
-        return [{**det, "boxes": scale_boxes(det["boxes"], image_size, [int(v) for v in size])}
-                for det, size in zip(detections, original_sizes)]
+        return self.predict([features[name] for name in self.FEATURES], images.shape[-2:])
 
     def forward(
         self, images: Tensor, original_sizes: Sequence[Sequence[int]] | Tensor | None = None
