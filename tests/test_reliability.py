@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 from hydra import compose, initialize_config_dir
 
 from conftest import ROOT, TINY
@@ -303,8 +304,9 @@ def test_a_second_run_in_a_locked_directory_stops_at_once(tmp_path, env):
 
 
 def test_default_run_directories_of_runs_started_together_differ(tmp_path):
-    """Two runs started in the same second (the clock of Hydra's ${now:} held still) get two directories."""
-    argv = ["train.py", "--cfg", "hydra", "--resolve", "-p", "hydra.run.dir"]
+    """Two runs started in the same second (the clock of Hydra's ${now:} held still) get two directories (and
+    two .hydra/ folders)."""
+    argv = ["train.py", "--cfg", "hydra", "--resolve"]
     same_second = (
         "import datetime, runpy, sys, hydra.core.utils as hydra_utils\n"
         "class Clock(datetime.datetime):\n"
@@ -320,9 +322,13 @@ def test_default_run_directories_of_runs_started_together_differ(tmp_path):
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "SLURM_JOB_ID", "SLURM_PROCID", "TORCHELASTIC_RUN_ID"):
         environ.pop(key, None)
     procs = [subprocess.Popen(command, cwd=tmp_path, env=environ, stdout=subprocess.PIPE, text=True) for _ in range(2)]
-    dirs = [proc.communicate(timeout=300)[0].strip() for proc in procs]
+    configs = [yaml.safe_load(proc.communicate(timeout=300)[0])["hydra"] for proc in procs]
+    dirs, subdirs = [c["run"]["dir"] for c in configs], [c["output_subdir"] for c in configs]
     assert all(d.startswith("runs/classification/train-2030-01-01_12-00-00") for d in dirs), dirs
     assert dirs[0] != dirs[1]
+    # Hydra's own record of each launch goes into a folder of its own: a resumed run, or one that the run
+    # directory's lock refuses, never replaces the .hydra/ of the run that made the directory
+    assert all(sub.startswith(".hydra/2030-01-01_12-00-00-") for sub in subdirs) and subdirs[0] != subdirs[1]
 
 
 # --------------------------------------------------------------------------------------------------
