@@ -246,6 +246,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, image_size: int | 
     _refuse_existing(path)
     module = exportable(model, image_size)
     task, size = task_of(module), input_size(module, image_size)
+    for name in ("onnx_ir", "onnxscript"):  # their optimiser logs every initializer it merges at INFO
+        logging.getLogger(name).setLevel(max(logging.getLogger(name).getEffectiveLevel(), logging.WARNING))
     with torch.no_grad():
         program = torch.onnx.export(
             module, (_example(size, module),), dynamo=True, dynamic_shapes=_dynamic_batch(),
@@ -385,3 +387,62 @@ def check_export(path: str | os.PathLike, model: nn.Module, images: Tensor, *, b
                        "argmax_agreement": agree / max(total, 1)})
         report["ok"] = report["max_abs_diff"] <= logit_tolerance
     return report
+
+
+def report_path(path: str | os.PathLike) -> Path:
+    """Where the parity report of an export goes: ``model.onnx`` -> ``model.onnx.parity.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".parity.json")
+
+
+def export(cfg: Any) -> Path:
+    """What ``tools/export.py`` does with its config (``configs/export.yaml``): load the model of ``ckpt_path=``
+    or ``weights=`` (as ``tools/predict.py`` does), export it as ``format=`` to ``out=`` and, with
+    ``check_images=``, check the export on those images and write the report beside it. Returns the export."""
+    from hydra.utils import get_class
+
+    from .models import describe_weights
+    from .predict import load_model
+
+    fmt = str(cfg.format)
+    if fmt not in FORMATS:
+        raise ValueError(f"format={fmt} is not an export format; choose one of: {', '.join(FORMATS)}")
+    if not cfg.get("out"):
+        raise ValueError(f"tools/export.py needs out=FILE (the {FORMATS[fmt]} file to write)")
+    if bool(cfg.ckpt_path) == bool(cfg.weights):
+        raise ValueError("tools/export.py needs exactly one of ckpt_path=CHECKPOINT or weights=WEIGHT_FILE")
+    out = Path(str(cfg.out)).expanduser()
+    if out.suffix != FORMATS[fmt]:
+        out = out.with_name(out.name + FORMATS[fmt])
+    report_file = report_path(out)
+    for path in (out, report_file) if cfg.get("check_images") else (out,):
+        _refuse_existing(path)
+    if cfg.get("check_images"):  # a bad folder is said now, not after the export
+        from .predict import list_images
+
+        list_images(cfg.check_images)
+    task_name = get_class(cfg.task._target_).name
+    if cfg.weights:
+        info = describe_weights(cfg.weights)
+        if info.task not in (None, task_name):
+            raise ValueError(f"weights={cfg.weights} holds a {info.task} model, but task={task_name} was asked for")
+    model, names = load_model(cfg, task_name)
+    model.eval()
+    size = cfg.get("image_size")
+    size = None if size is None else (int(size) if isinstance(size, (int, str)) else [int(s) for s in size])
+    metadata = {"class_names": list(names) if names else None,
+                "source": str(cfg.ckpt_path or cfg.weights)}
+    if task_name == "detection":
+        metadata["category_ids"] = getattr(model, "category_ids", None)
+    module = exportable(model, size)
+    export_model(module, out, fmt, image_size=size, metadata=metadata)
+    print(f"wrote {out.resolve()} ({fmt}, task={task_name}, input (N, 3, {', '.join(map(str, input_size(module, size)))}) "
+          f"float in [0, 1]; outputs: {', '.join(output_names(task_name))})")
+    if cfg.get("check_images"):
+        images = load_check_images(cfg.check_images, input_size(module, size), int(cfg.check_limit))
+        report = check_export(out, model, images, batch_size=int(cfg.check_batch_size))
+        report["check_images"] = str(cfg.check_images)
+        atomic_write(report_file, json.dumps(report, indent=1) + "\n")
+        print(json.dumps(report, indent=1))
+        print(f"parity {'OK' if report['ok'] else 'NOT within the tolerances'}; report written to {report_file.resolve()}")
+    return out
