@@ -28,12 +28,13 @@ Example::
 
 from __future__ import annotations
 
-import io
+import contextlib
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -93,14 +94,24 @@ class ExportableDetector(nn.Module):
     each (image, class) group moved apart by an offset (what ``batched_nms`` does inside, with the offset
     known in advance: the boxes are clipped to the image).
 
+    One NMS over everything costs (candidates x survivors): with the TF release's score threshold of 1e-8
+    that is 300 x 90 candidates per image, and torchvision's CPU kernel took minutes per batch (the eager
+    model runs one small NMS per class instead, which a graph would have to unroll class by class). So only
+    the ``candidates_per_image`` best-scoring candidates of each image enter the NMS. The result is the eager
+    model's whenever at least ``detections_per_img`` of them survive (or there are no more candidates): a box
+    is suppressed only by better-scoring boxes of its class, all of which are among the best, and any survivor
+    outside them scores below all of them. :func:`check_export` compares the counts with the eager model's.
+
     ``forward(images (N, 3, H, W) in [0, 1])`` returns ``boxes (N, K, 4)`` (``xyxy``, input pixels),
     ``scores (N, K)``, ``labels (N, K)`` int64, ``num_detections (N,)`` int64, ``K = detections_per_img``,
     each image's detections in decreasing score; rows past ``num_detections`` hold boxes and scores 0 and
     labels -1.
     """
 
-    def __init__(self, model: SSDLiteMobileNetV2, image_size: int | Sequence[int] | None = None) -> None:
+    def __init__(self, model: SSDLiteMobileNetV2, image_size: int | Sequence[int] | None = None,
+                 candidates_per_image: int = 2000) -> None:
         super().__init__()
+        self.candidates_per_image = int(candidates_per_image)
         self.model = model
         self.image_size = input_size(model, image_size)
         self.num_classes = model.num_classes
@@ -131,11 +142,14 @@ class ExportableDetector(nn.Module):
         num_images, num_anchors, num_classes = scores.shape
         k = min(self.topk_candidates, num_anchors)
         top_scores, top_anchors = scores.topk(k, dim=1)  # per image and class: (N, k, C)
-        top_boxes = boxes.gather(1, top_anchors.reshape(num_images, k * num_classes, 1).expand(-1, -1, 4))
-        labels = torch.arange(num_classes, device=images.device).expand(k, num_classes).reshape(-1)
-        image_ids = torch.arange(num_images, device=images.device).unsqueeze(1).expand(-1, k * num_classes)
-        cand_scores, cand_boxes = top_scores.reshape(-1), top_boxes.reshape(-1, 4)
-        cand_labels, cand_images = labels.repeat(num_images), image_ids.reshape(-1)
+        # the candidates_per_image best of the image's k * C (see the class docstring); flattened as (anchor, class)
+        m = min(self.candidates_per_image, k * num_classes)
+        cand_scores, order = top_scores.reshape(num_images, k * num_classes).topk(m, dim=1)  # (N, m)
+        cand_anchors = top_anchors.reshape(num_images, k * num_classes).gather(1, order)
+        cand_boxes = boxes.gather(1, cand_anchors.unsqueeze(-1).expand(-1, -1, 4)).reshape(-1, 4)
+        cand_labels = (order % num_classes).reshape(-1)
+        cand_images = torch.arange(num_images, device=images.device).unsqueeze(1).expand(-1, m).reshape(-1)
+        cand_scores = cand_scores.reshape(-1)
         keep = torch.nonzero(cand_scores > self.score_thresh).squeeze(1)  # as the eager model, strictly above
         cand_scores, cand_boxes = cand_scores[keep], cand_boxes[keep]
         cand_labels, cand_images = cand_labels[keep], cand_images[keep]
@@ -207,6 +221,15 @@ def _example(size: tuple[int, int], model: nn.Module) -> Tensor:
     return torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0)).to(param.device)
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Without torchvision's own FutureWarning about its NMS registration (``create_unbacked_symint``), which
+    every export of a detector would show the user, who can do nothing about it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*create_unbacked_symint.*", category=FutureWarning)
+        yield
+
+
 def _dynamic_batch() -> tuple[dict[int, Any]]:
     return ({0: torch.export.Dim("batch", min=1, max=4096)},)
 
@@ -223,7 +246,7 @@ def export_program(model: nn.Module, path: str | os.PathLike, *, image_size: int
     _refuse_existing(path)
     module = exportable(model, image_size)
     task, size = task_of(module), input_size(module, image_size)
-    with torch.no_grad():
+    with torch.no_grad(), _quiet():
         program = torch.export.export(module, (_example(size, module),), dynamic_shapes=_dynamic_batch())
     meta = json.dumps(_metadata(module, task, size, "pt2", metadata))
     return atomic_write(path, lambda f: torch.export.save(program, f, extra_files={"vision_tasks.json": meta}))
@@ -240,15 +263,15 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, image_size: int | 
     outputs, configuration, class names in ``metadata``) is stored as the ``vision_tasks`` metadata property.
     An existing ``path`` is refused.
     """
-    import onnx
-
     path = Path(path)
     _refuse_existing(path)
+    import onnx
+
     module = exportable(model, image_size)
     task, size = task_of(module), input_size(module, image_size)
     for name in ("onnx_ir", "onnxscript"):  # their optimiser logs every initializer it merges at INFO
         logging.getLogger(name).setLevel(max(logging.getLogger(name).getEffectiveLevel(), logging.WARNING))
-    with torch.no_grad():
+    with torch.no_grad(), _quiet():
         program = torch.onnx.export(
             module, (_example(size, module),), dynamo=True, dynamic_shapes=_dynamic_batch(),
             input_names=["images"], output_names=output_names(task), opset_version=opset_version,
