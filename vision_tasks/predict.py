@@ -32,7 +32,7 @@ from .models import MF_SCALES, describe_weights, model_from_weights
 
 log = logging.getLogger(__name__)
 
-__all__ = ["predict", "list_images", "draw_detections", "draw_legend", "mask_image", "overlay_mask"]
+__all__ = ["predict", "list_images", "load_model", "draw_detections", "draw_legend", "mask_image", "overlay_mask"]
 
 
 def list_images(source: str | Path) -> list[Path]:
@@ -197,9 +197,10 @@ def _segmentation(model: nn.Module, batch: torch.Tensor, images: list[np.ndarray
         yield {"class_fractions": present}, (drawn, mask_image(mask, colormap))
 
 
-def _model(cfg: DictConfig, task_name: str) -> tuple[nn.Module, list[str] | None]:
-    """The model to predict with, and its class names: from the checkpoint, from the weights' record, or
-    ``cfg.model`` with ``weights=`` loaded into it (a plain state dict)."""
+def load_model(cfg: DictConfig, task_name: str) -> tuple[nn.Module, list[str] | None]:
+    """The model of ``cfg.ckpt_path`` or ``cfg.weights`` (``tools/predict.py``, ``tools/export.py``) and its class
+    names: from the checkpoint, from the weights' record, or ``cfg.model`` with ``weights=`` loaded into it (a
+    plain state dict)."""
     if cfg.ckpt_path:
         model, meta = model_from_checkpoint(cfg.ckpt_path, expected_task=task_name)
         return model, meta.get("class_names")
@@ -232,7 +233,7 @@ def predict(cfg: DictConfig) -> Path:
     paths = list_images(cfg.input)
     out = _prepare_output(cfg.output, paths)
     datamodule = instantiate(cfg.data, _convert_="all")  # for its evaluation transform only: no data is read
-    model, names = _model(cfg, task_name)
+    model, names = load_model(cfg, task_name)
     names = list(names) if names else [f"class {i}" for i in range(model.num_classes)]
     model.eval()
     run = {"classification": _classification, "detection": _detection, "segmentation": _segmentation}.get(task_name)

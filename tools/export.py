@@ -1,0 +1,27 @@
+#!/usr/bin/env python
+"""Export a checkpoint or weight file as ONNX (run by ONNX Runtime) or as a torch.export program (.pt2, the entry
+to ExecuTorch), optionally checked against the PyTorch model on real images (configs/export.yaml).
+
+    python tools/export.py task=classification weights=mobilenet_v2_1.0_224_quant.tflite format=onnx out=mnv2.onnx
+    python tools/export.py task=detection ckpt_path=runs/detection/.../checkpoints/best.ckpt format=pt2 out=ssdlite.pt2
+    python tools/export.py task=detection weights=ssdlite_mobilenet_v2_coco_0.5_200x200.tflite format=onnx \
+        out=ssdlite.onnx check_images=../shared/data/coco128/val2017
+
+Inputs are float images (N, 3, H, W) in [0, 1] at the export size (dynamic N); the model normalises them inside.
+Detection exports return fixed-size padded boxes, scores, labels and num_detections (vision_tasks.export). With
+check_images= the export runs in its runtime beside the PyTorch model and the parity report is printed and written
+beside the export (<out>.parity.json). Nothing is overwritten.
+"""
+
+import hydra
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="export")
+def main(cfg) -> None:
+    from vision_tasks.export import export
+
+    export(cfg)
+
+
+if __name__ == "__main__":
+    main()
