@@ -1,0 +1,129 @@
+#!/usr/bin/env python
+"""Measurements that a CPU shows side by side, in one run, as ratios (issue 13).
+
+    python tools/benchmark.py memory [--size 1024] [--splits 1 2 4 8] [--width 1.0] [--out DIR]
+
+``memory``: the paper's section 5.1, memory-efficient inference. Each bottleneck's inner (expanded) tensor
+is computed in ``splits`` slices, so only ``1/splits`` of it is alive at a time. For each setting a fresh
+process builds the backbone (eval mode, batch 1) and runs it on a ``size x size`` input. The peak is the
+process's peak resident memory above what it held before the forward, so the settings do not share an
+allocator. The time is the median of a few forwards. The results are printed as a table (ratios against
+``splits=1``) and written to ``DIR/memory_efficient.json`` and ``DIR/memory_efficient.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# Run in a fresh interpreter per setting: ru_maxrss is the process's high-water mark, which never falls.
+_MEASURE = r"""
+import json, resource, statistics, sys, time
+import torch
+import backbones
+size, splits, width, repeats, threads = (int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]),
+                                         int(sys.argv[5]))
+torch.set_num_threads(threads)
+net = backbones.create_backbone("mobilenet_v2", width_mult=width, memory_efficient_splits=splits).eval()
+x = torch.rand(1, 3, size, size)
+with torch.inference_mode():
+    net(torch.rand(1, 3, 64, 64))            # allocator and kernels warmed on a small input
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = net(x)
+        times.append(time.perf_counter() - start)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"splits": splits, "peak_mb": (peak - before) / 1024, "time_s": statistics.median(times),
+                  "input_mb": x.numel() * 4 / 2**20, "output": list(next(iter(out.values())).shape)}))
+"""
+
+
+def memory(args: argparse.Namespace) -> list[dict]:
+    import torch
+
+    threads = args.threads or torch.get_num_threads()
+    rows = []
+    for splits in args.splits:
+        proc = subprocess.run(
+            [sys.executable, "-c", _MEASURE, str(args.size), str(splits), str(args.width), str(args.repeats),
+             str(threads)],
+            capture_output=True, text=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT), **_env()},
+        )
+        if proc.returncode != 0:
+            raise SystemExit(f"splits={splits}: the measuring process failed:\n{proc.stderr[-2000:]}")
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    base = rows[0]
+    print(f"MobileNetV2 backbone (width {args.width}), batch 1, {args.size}x{args.size}, eval, {threads} threads, "
+          f"{_device()}")
+    print(f"{'splits':>6} {'peak above start (MB)':>22} {'vs splits=' + str(base['splits']):>14} {'time (s)':>9} "
+          f"{'vs':>6}")
+    for row in rows:
+        row["peak_ratio"] = row["peak_mb"] / base["peak_mb"] if base["peak_mb"] else float("nan")
+        row["time_ratio"] = row["time_s"] / base["time_s"]
+        print(f"{row['splits']:>6} {row['peak_mb']:>22.0f} {row['peak_ratio']:>14.2f} {row['time_s']:>9.3f} "
+              f"{row['time_ratio']:>6.2f}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"size": args.size, "width": args.width, "threads": threads, "device": _device(), "rows": rows}
+    (out / "memory_efficient.json").write_text(json.dumps(record, indent=2) + "\n")
+    _plot(rows, out / "memory_efficient.png", f"MobileNetV2 {args.size}x{args.size}, batch 1 (paper 5.1)")
+    print(f"written: {out / 'memory_efficient.json'}, {out / 'memory_efficient.png'}")
+    return rows
+
+
+def _plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [str(row["splits"]) for row in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
+    left.bar(labels, [row["peak_mb"] for row in rows], color="tab:blue")
+    left.set(xlabel="memory_efficient_splits", ylabel="peak memory above start (MB)")
+    right.bar(labels, [row["time_s"] * 1000 for row in rows], color="tab:orange")
+    right.set(xlabel="memory_efficient_splits", ylabel="forward time (ms)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+
+
+def _device() -> str:
+    import platform
+
+    return f"CPU {platform.processor() or platform.machine()}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    mem = sub.add_parser("memory", help="peak memory and time of memory_efficient_splits (paper section 5.1)")
+    mem.add_argument("--size", type=int, default=1024, help="input side (default 1024)")
+    mem.add_argument("--splits", type=int, nargs="+", default=[1, 2, 4, 8])
+    mem.add_argument("--width", type=float, default=1.0)
+    mem.add_argument("--repeats", type=int, default=3, help="forwards timed per setting (median)")
+    mem.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    mem.add_argument("--out", default="runs/benchmark", help="folder for the JSON and the PNG")
+    args = parser.parse_args(argv)
+    if args.what == "memory":
+        memory(args)
+
+
+if __name__ == "__main__":
+    main()
