@@ -315,3 +315,83 @@ def test_unknown_head_on_the_command_line(tmp_path, env):
     proc = run_tool(["tools/train.py", "task=multitask", *TINY_DATA, "model.width_mult=0.35", "+model.heads.depth={}",
                      "trainer.fast_dev_run=true", f"hydra.run.dir={tmp_path / 'run'}"], env, expect_ok=False)
     assert "model.heads: unknown head(s) 'depth'; the heads are classification, detection, segmentation" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------ several sources
+def test_combined_sources_give_each_head_its_own_batches(tmp_path, monkeypatch):
+    monkeypatch.setenv("VISION_TASKS_DATA", str(tmp_path / "data"))
+    from vision_tasks.data import CombinedDataModule, SyntheticDetectionDataModule, SyntheticSegmentationDataModule
+
+    small = dict(num_train=6, num_val=3, synthetic_image_size=48, batch_size=3, num_workers=0)
+    dm = CombinedDataModule({"boxes": SyntheticDetectionDataModule(image_size=48, **small),
+                             "masks": SyntheticSegmentationDataModule(crop_size=48, **small)})
+    assert dm.label_types == ("detection", "segmentation")
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.head_num_classes == {"detection": 8, "segmentation": 9}
+    assert dm.class_names[0] == "circle" and dm.segmentation_class_names[0] == "background"
+    loader = dm.train_dataloader()
+    batch, _, _ = next(iter(loader))
+    assert set(batch) == {"boxes", "masks"}
+    images, targets = batch["boxes"]
+    assert images.shape == (3, 3, 48, 48) and set(targets) == {"detection"} and len(targets["detection"]) == 3
+    images, targets = batch["masks"]
+    assert images.shape == (3, 3, 48, 48) and set(targets) == {"segmentation"} and targets["segmentation"].shape == (3, 48, 48)
+
+    # each head's loss only on the batches that carry its labels: the detection loss on "boxes", the other on "masks"
+    model = MultiTaskMobileNetV2({"detection": {"num_classes": 8, "image_size": 48}, "segmentation": {"num_classes": 9}},
+                                 width_mult=0.35)
+    task = MultiTaskTask(model)
+    losses, count, passes = task._batch_losses(batch)
+    assert set(losses) == {"detection", "segmentation"} and count == 6 and len(passes) == 2
+    boxes_out, masks_out = passes[0][2], passes[1][2]
+    with torch.no_grad():
+        assert float(losses["detection"]) == pytest.approx(
+            float(task.head_losses(boxes_out, batch["boxes"][1])["detection"]))
+        assert float(losses["segmentation"]) == pytest.approx(
+            float(task.head_losses(masks_out, batch["masks"][1])["segmentation"]))
+    # the image-label head has no source: refused before training, naming the data
+    with pytest.raises(ValueError, match=r"CombinedDataModule\) has no labels for the classification head"):
+        check_head_labels(["classification", "detection"], dm)
+    # the hyperparameters are plain data that rebuild the module
+    rebuilt = CombinedDataModule(**dm.hparams)
+    assert type(rebuilt.sources["masks"]).__name__ == "SyntheticSegmentationDataModule"
+    assert rebuilt.sources["boxes"].hparams == dm.sources["boxes"].hparams
+
+
+@pytest.mark.slow
+def test_train_from_two_sources_and_predict(tmp_path, env):
+    run_dir = tmp_path / "run"
+    sources = [f"data.sources.{name}.{key}" for name in ("boxes", "masks")
+               for key in ("num_train=6", "num_val=3", "synthetic_image_size=48", "batch_size=3")]
+    run_tool(["tools/train.py", "task=multitask", "data=synthetic_sources", *sources, "data.sources.boxes.image_size=48",
+              "data.sources.masks.crop_size=48", "model.width_mult=0.35", "trainer.max_epochs=1",
+              "trainer.limit_train_batches=2", "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"], env)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"val/map", "val/map_50", "val/miou", "val/pixel_acc", "val/loss_detection", "val/loss_segmentation"} <= set(
+        metrics)
+    assert "val/label_map" not in metrics and metrics["global_step"] == 2
+    meta = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["vision_tasks"]
+    assert set(meta["model_config"]["heads"]) == {"detection", "segmentation"}
+
+    # predict.py with the joint model of the single-source run: one PNG per image with every head drawn
+    single = tmp_path / "single"
+    run_tool(["tools/train.py", "task=multitask", *TINY_DATA, "model.width_mult=0.35", "trainer.max_epochs=1",
+              "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
+              f"hydra.run.dir={single}"], env)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (80, 60), (200, 30, 30)).save(photos / "a.png")
+    Image.new("RGB", (50, 70), (30, 200, 30)).save(photos / "b.jpg")
+    out = tmp_path / "out"
+    run_tool(["tools/predict.py", "task=multitask", *TINY_DATA, f"ckpt_path={single}/checkpoints/last.ckpt",
+              f"input={photos}", f"output={out}", "draw_threshold=0.0"], env)
+    records = json.loads((out / "predictions.json").read_text())
+    assert [Path(r["file"]).name for r in records] == ["a.png", "b.jpg"]
+    for record, stem, size in zip(records, ("a", "b"), ((60, 80), (70, 50))):
+        assert {"detections", "class_fractions", "image_labels", "mask"} <= set(record)
+        assert record["image_labels"]["class_names"] and len(record["image_labels"]["all_scores"]) == 8
+        with Image.open(out / f"{stem}.png") as drawn:
+            assert drawn.width == size[1] and drawn.height >= size[0]  # the legend goes below the photo
+        with Image.open(out / f"{stem}_mask.png") as mask:
+            assert (mask.height, mask.width) == size

@@ -113,12 +113,14 @@ def _model(cfg: DictConfig, datamodule: pl.LightningDataModule, info: WeightsInf
 
 
 def _fill_head_classes(model_cfg: dict[str, Any], datamodule: pl.LightningDataModule) -> None:
-    """``model.heads`` of the joint model: unknown head names and heads the data has no labels for are refused
+    """``model.heads`` of the joint model (a head set to ``false`` is left out): unknown head names and heads the
+    data has no labels for are refused
     (before anything is built), a head's ``num_classes: null`` becomes the data's for that head."""
     from .models.multitask import HEADS
     from .tasks.multitask import check_head_labels
 
-    heads = model_cfg["heads"] or {}
+    heads = model_cfg["heads"] = {name: options for name, options in (model_cfg["heads"] or {}).items()
+                                  if options is not False}  # false: not this head (a data config drops one so)
     unknown = [name for name in heads if name not in HEADS]
     if unknown:
         raise ValueError(f"model.heads: unknown head(s) {', '.join(map(repr, unknown))}; the heads are {', '.join(HEADS)}")

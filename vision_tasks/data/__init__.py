@@ -89,6 +89,7 @@ _EXPORTS = {
     "VOCSegmentationDataModule": "modules.segmentation",
     "MultiTaskDataModule": "modules.multitask",
     "SyntheticMultiTaskDataModule": "modules.multitask",
+    "CombinedDataModule": "modules.combined",
 }
 
 __all__ = list(_EXPORTS)

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix, MultilabelAveragePrecision
 
 from ..models.multitask import HEADS
@@ -173,6 +174,10 @@ class MultiTaskTask(VisionTask):
         self.localization_weight, self.ignore_index, self.aux_weight = localization_weight, ignore_index, aux_weight
         self.segmentation_class_names: list[str] | None = None
         self.metrics = nn.ModuleDict({stage: self._stage_metrics() for stage in ("val", "test")})
+        # each head's evaluation loss, averaged over the images of the sources with its labels (one value per epoch,
+        # whichever loaders carry it: several sources are evaluated one after the other)
+        self.eval_losses = nn.ModuleDict({stage: nn.ModuleDict({h: MeanMetric() for h in self.heads})
+                                          for stage in ("val", "test")})
 
     def _stage_metrics(self) -> nn.ModuleDict:
         metrics: dict[str, nn.Module] = {}
@@ -261,11 +266,10 @@ class MultiTaskTask(VisionTask):
 
     # ---------------------------------------------------------------- evaluation
     def _evaluate(self, batch, stage: str) -> None:
-        losses, batch_size, passes = self._batch_losses(batch)
-        if losses:
-            self.log(f"{stage}/loss", torch.stack(list(losses.values())).sum(), sync_dist=True, batch_size=batch_size)
-            self.log_dict({f"{stage}/loss_{head}": value for head, value in losses.items()}, sync_dist=True,
-                          batch_size=batch_size)
+        losses, _, passes = self._batch_losses(batch)
+        for head, value in losses.items():
+            count = sum(images.shape[0] for images, targets, _ in passes if targets.get(head) is not None)
+            self.eval_losses[stage][head].update(value.detach(), count)
         metrics = self.metrics[stage]
         for images, targets, out in passes:
             if "classification" in metrics and targets.get("classification") is not None:
@@ -282,6 +286,15 @@ class MultiTaskTask(VisionTask):
                 metrics["segmentation"].update(logits.argmax(dim=1).flatten(), masks.flatten())
 
     def _log_metrics(self, stage: str) -> None:
+        losses = {}
+        for head, mean in self.eval_losses[stage].items():
+            if mean.update_count:
+                losses[head] = mean.compute()
+            mean.reset()
+        for head, value in losses.items():
+            self.log(f"{stage}/loss_{head}", value)
+        if losses:
+            self.log(f"{stage}/loss", torch.stack(list(losses.values())).sum())
         metrics = self.metrics[stage]
         if "classification" in metrics:
             metric = metrics["classification"]
