@@ -159,8 +159,18 @@ def test_a_file_of_boxes_only_is_refused_naming_it(tmp_path):
     for annotation in data["annotations"]:
         annotation.pop("segmentation")
     path.write_text(json.dumps(data))
-    with pytest.raises(DataError, match=r"instances\.json.*no 'segmentation'"):
+    with pytest.raises(DataError, match=r"instances\.json: none of its 4 annotations has a 'segmentation'"):
         read_coco_instances(path, tmp_path / "images")
+    # without require_masks: plain detection records, and a multi-task data module says it has no masks
+    (record,) = read_coco_instances(path, tmp_path / "images", require_masks=False).records
+    assert not isinstance(record, InstanceRecord)
+    image, target = MultiTaskDataset([record], 4)[0]
+    assert "mask" not in target and target["image_labels"].tolist() == [1.0, 1.0, 1.0, 0.0]
+    assert multitask_collate([(image, target)])[1]["segmentation"] is None
+    data["annotations"][0]["segmentation"] = _square(0, 0, 8, 8)  # one mask among boxes: refused, named
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"an annotation of image 1 \(a.png\) has no 'segmentation'"):
+        read_coco_instances(path, tmp_path / "images", require_masks=False)
     data["annotations"][0]["segmentation"] = {"size": [3, 3], "counts": "x"}
     path.write_text(json.dumps(data))
     with pytest.raises(DataError, match=r"size \[3, 3\], not the image's \[16, 20\]"):
@@ -395,3 +405,22 @@ def test_train_from_two_sources_and_predict(tmp_path, env):
             assert drawn.width == size[1] and drawn.height >= size[0]  # the legend goes below the photo
         with Image.open(out / f"{stem}_mask.png") as mask:
             assert (mask.height, mask.width) == size
+
+
+COCO128 = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "coco128"
+
+
+@pytest.mark.skipif(not (COCO128 / "annotations").is_dir(), reason="needs ../shared/data/coco128")
+def test_real_coco_of_boxes_only_gives_no_segmentation_labels():
+    from vision_tasks.data import MultiTaskDataModule
+
+    dm = MultiTaskDataModule(str(COCO128), image_size=64, batch_size=2, num_workers=0, verify_images=False)
+    dm.setup("validate")  # coco128's files were converted from YOLO labels: boxes, no masks
+    assert dm.label_types == ("classification", "detection") and dm.num_classes == 80
+    with pytest.raises(ValueError, match=r"\(MultiTaskDataModule\) has no labels for the segmentation head.*"
+                                         r"model.heads.segmentation=false"):
+        check_head_labels(["classification", "detection", "segmentation"], dm)
+    images, targets = next(iter(dm.val_dataloader()))
+    assert targets["segmentation"] is None and targets["classification"].shape == (2, 80)
+    with pytest.raises(DataError, match="none of its .* annotations has a 'segmentation'"):
+        MultiTaskDataModule(str(COCO128), image_size=64, masks=True, verify_images=False).setup("validate")

@@ -48,8 +48,8 @@ def check_head_labels(heads: Sequence[str], datamodule: Any) -> None:
     if missing:
         raise ValueError(
             f"the data ({type(datamodule).__name__}) has no labels for the {', '.join(missing)} head(s) of the model: "
-            f"it gives {', '.join(label_types) or 'none'}; remove those heads (model.heads) or add a data source "
-            "with their labels")
+            f"it gives {', '.join(label_types) or 'none'}; drop those heads ({', '.join(f'model.heads.{h}=false' for h in missing)}) "
+            "or add a data source with their labels")
 
 
 class LossWeighting(nn.Module):

@@ -44,21 +44,25 @@ def read_coco(annotation_file: str | os.PathLike[str], image_dir: str | os.PathL
     return _read_coco(annotation_file, image_dir, with_masks=False)
 
 
-def read_coco_instances(annotation_file: str | os.PathLike[str], image_dir: str | os.PathLike[str]) -> DetectionAnnotations:
+def read_coco_instances(annotation_file: str | os.PathLike[str], image_dir: str | os.PathLike[str], *,
+                        require_masks: bool = True) -> DetectionAnnotations:
     """:func:`read_coco` with each box's instance mask: the records are
     :class:`~vision_tasks.data.formats.instances.InstanceRecord` s, whose ``segmentations`` hold each box's COCO
     ``segmentation`` (polygons, RLE or compressed RLE, as pycocotools decodes them; the multi-task readers
     derive the class-index mask and the image labels from them).
 
+    A file whose annotations have no ``segmentation`` at all (boxes only, e.g. converted from YOLO labels) is
+    refused with ``require_masks``; without, it gives plain :class:`DetectionRecord` s (no masks).
+
     Raises:
         DataError: as :func:`read_coco`, and naming the file when an annotation has no ``segmentation``
-            (the file has boxes only: a detection file) or one that is neither polygons nor RLE.
+            (all of them, with ``require_masks``: a file of boxes only) or one that is neither polygons nor RLE.
     """
-    return _read_coco(annotation_file, image_dir, with_masks=True)
+    return _read_coco(annotation_file, image_dir, with_masks=True, require_masks=require_masks)
 
 
 def _read_coco(annotation_file: str | os.PathLike[str], image_dir: str | os.PathLike[str], *,
-               with_masks: bool) -> DetectionAnnotations:
+               with_masks: bool, require_masks: bool = True) -> DetectionAnnotations:
     annotation_file = Path(annotation_file).expanduser()
     image_dir = Path(image_dir).expanduser()
     data = load_json(annotation_file)
@@ -74,6 +78,11 @@ def _read_coco(annotation_file: str | os.PathLike[str], image_dir: str | os.Path
     label_of = {category_id: label for label, category_id in enumerate(category_ids)}
     row_of = {image[0]: row for row, image in enumerate(images)}
     table = _coco_annotation_table(data["annotations"], annotation_file, with_masks)
+    if with_masks and table["segmentation"] and not any(table["segmentation"]):  # boxes only
+        if require_masks:
+            raise DataError(f"{annotation_file}: none of its {len(table['segmentation'])} annotations has a "
+                            "'segmentation' (a file of boxes only): it gives no masks for a segmentation head")
+        with_masks = False
     unknown_categories = sorted(set(table["category_id"].tolist()) - set(label_of))
     if unknown_categories:
         raise DataError(

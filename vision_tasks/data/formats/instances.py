@@ -143,20 +143,25 @@ class MultiTaskDataset(DetectionDataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         record = self.records[index]
         image, boxes = self.load(record)
-        mask = semantic_mask(record)
-        if mask.shape != image.shape[:2]:  # the image was decoded reduced: the mask follows
-            mask = cv2.resize(mask, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
-        tensor, target, extra = self.transformed(record, image, boxes, mask=mask)
-        target["mask"] = torch.as_tensor(np.asarray(extra["mask"])).long()
+        extra = {}
+        if isinstance(record, InstanceRecord):  # a file of boxes only has no masks
+            mask = semantic_mask(record)
+            if mask.shape != image.shape[:2]:  # the image was decoded reduced: the mask follows
+                mask = cv2.resize(mask, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
+            extra["mask"] = mask
+        tensor, target, extra = self.transformed(record, image, boxes, **extra)
+        if "mask" in extra:
+            target["mask"] = torch.as_tensor(np.asarray(extra["mask"])).long()
         target["image_labels"] = torch.from_numpy(image_labels(target["labels"].numpy(), self.num_classes))
         return tensor, target
 
 
 def multitask_collate(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[torch.Tensor, dict[str, Any]]:
     """Stack the images ``(N, 3, H, W)``; the targets by head: ``detection`` the list of detection targets,
-    ``segmentation`` the stacked class-index masks ``(N, H, W)`` int64, ``classification`` the stacked
-    image labels ``(N, C)`` float32."""
+    ``segmentation`` the stacked class-index masks ``(N, H, W)`` int64 (``None`` for data without masks),
+    ``classification`` the stacked image labels ``(N, C)`` float32."""
     images, targets = detection_collate(batch)
-    masks = torch.stack([t.pop("mask") for t in targets])
+    masks = [t.pop("mask", None) for t in targets]
     labels = torch.stack([t.pop("image_labels") for t in targets])
+    masks = None if any(m is None for m in masks) else torch.stack(masks)  # None: data without masks
     return images, {"classification": labels, "detection": targets, "segmentation": masks}

@@ -21,9 +21,9 @@ from typing import Any
 
 from ..classes import SHAPES
 from ..common import IGNORE_INDEX, Transform
-from ..formats.coco import read_coco_instances
+from ..formats.coco import read_coco, read_coco_instances
 from ..formats.detection import DetectionAnnotations
-from ..formats.instances import MultiTaskDataset, multitask_collate
+from ..formats.instances import InstanceRecord, MultiTaskDataset, multitask_collate
 from ..synthetic.multitask import generate_multitask
 from .base import GeneratedData
 from .detection import CocoDetectionDataModule
@@ -44,22 +44,48 @@ class MultiTaskDataModule(CocoDetectionDataModule):
     ``"none"``: albumentations moves the class-index mask with the image and the boxes; zoom-out pads it with
     background), ending in a square ``image_size`` resize; the mask is evaluated at that size.
 
-    ``label_types`` are the heads it has labels for (all three); ``head_num_classes`` the number of classes of
+    ``label_types`` are the heads it has labels for: all three, or with ``masks=False`` (or ``None`` and files of
+    boxes only, such as ``../shared/data/coco128``'s, converted from YOLO labels) classification and detection, so
+    that a model with a segmentation head is refused before training, naming the data. ``head_num_classes`` the number of classes of
     each head: the categories for classification and detection, the categories plus the background for
     segmentation, whose ``segmentation_class_names`` are ``["background", *class_names]``.
 
-    Args: as :class:`~vision_tasks.data.CocoDetectionDataModule`.
+    Args:
+        masks: read the instance masks (``True``: refuse files without them), leave them (``False``), or
+            ``None``: read them where the files have them.
+        the others: as :class:`~vision_tasks.data.CocoDetectionDataModule`.
     """
 
     collate_fn = staticmethod(multitask_collate)
-    label_types = LABEL_TYPES
     ignore_index = IGNORE_INDEX
 
+    def __init__(self, root: str, *, masks: bool | None = None, **kwargs: Any) -> None:
+        super().__init__(root, **kwargs)
+        self.hparams["masks"] = masks
+        self.masks = masks
+        self._has_masks: dict[str, bool] = {}
+
+    @property
+    def label_types(self) -> tuple[str, ...]:
+        """The heads this data has labels for (the masks' are known once the files are read, in ``setup``)."""
+        if self.masks is False or (self._has_masks and not all(self._has_masks.values())):
+            return ("classification", "detection")
+        return LABEL_TYPES
+
+    def _read(self, split: str) -> DetectionAnnotations:
+        path = self.annotation_file(split)
+        if self.masks is False:
+            annotations = read_coco(path, self.root / split)
+        else:
+            annotations = read_coco_instances(path, self.root / split, require_masks=bool(self.masks))
+        self._has_masks[split] = all(isinstance(r, InstanceRecord) for r in annotations.records)
+        return annotations
+
     def _read_train(self) -> DetectionAnnotations:
-        return read_coco_instances(self.annotation_file(self.train_split), self.root / self.train_split)
+        return self._read(self.train_split)
 
     def _read_val(self) -> DetectionAnnotations:
-        return read_coco_instances(self.annotation_file(self.val_split), self.root / self.val_split)
+        return self._read(self.val_split)
 
     def _make_dataset(self, records: list, transform: Transform) -> MultiTaskDataset:
         return MultiTaskDataset(records, self.num_classes, transform, max_side=self.max_side)
