@@ -118,5 +118,8 @@ def model_from_checkpoint(path: str | Path, expected_task: str | None = None) ->
     checkpoint = _read(path, expected_task)
     info = describe_checkpoint(checkpoint, path)
     model = build_model(info.model_class, info.model_config)
-    backbones.load_weights(model, path)
+    # the model's tensors only: a task may keep parameters of its own (MultiTaskTask's learned loss weights)
+    state = checkpoint.get("state_dict") or {}
+    model_state = {k: v for k, v in state.items() if k.startswith("model.")}
+    backbones.load_weights(model, model_state if model_state and len(model_state) < len(state) else path)
     return model, {**checkpoint[CHECKPOINT_KEY], "model_config": info.model_config}

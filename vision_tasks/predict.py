@@ -3,7 +3,8 @@
 For every image of ``input`` (a file or a folder) it writes a PNG with the predictions drawn on the
 image (detection: boxes with class names and scores; classification: the top-1 class;
 segmentation: the class colours blended over the image, plus the class-index mask itself as a VOC
-palette PNG, ``<name>_mask.png``) into ``output``, and all predictions, in original-image pixels,
+palette PNG, ``<name>_mask.png``; the joint model: the mask overlay, the boxes and the image labels in one
+picture, and the mask PNG) into ``output``, and all predictions, in original-image pixels,
 into ``output/predictions.json``.
 Nothing is written over: ``output`` must be new or empty and must not be the input folder.
 """
@@ -197,6 +198,47 @@ def _segmentation(model: nn.Module, batch: torch.Tensor, images: list[np.ndarray
         yield {"class_fractions": present}, (drawn, mask_image(mask, colormap))
 
 
+def _multitask(model: nn.Module, batch: torch.Tensor, images: list[np.ndarray], names: list[str], score_thresh: float):
+    """The joint model: the class-index mask blended in, the boxes on it, the image labels (sigmoid score >= 0.5, or
+    the best one) in the corner and the mask's legend below, in one picture; every head's output in the record."""
+    from heads.deeplab import upsample_logits
+
+    out = model(batch, original_sizes=[image.shape[:2] for image in images])
+    colormap = voc_colormap(256)
+    for index, image in enumerate(images):
+        record: dict[str, Any] = {}
+        picture = Image.fromarray(image)
+        legend: list = []
+        mask = None
+        if "segmentation" in out:
+            logits = upsample_logits(out["segmentation"][index : index + 1], image.shape[:2])[0]
+            mask = logits.argmax(dim=0).numpy()
+            seg_names = ["background", *names] if logits.shape[0] == len(names) + 1 else [
+                f"class {i}" for i in range(logits.shape[0])]
+            counts = np.bincount(mask.ravel(), minlength=len(seg_names))
+            record["class_fractions"] = {seg_names[i]: round(float(counts[i]) / mask.size, 5)
+                                         for i in np.flatnonzero(counts)}
+            legend = [(seg_names[i], colormap[i], counts[i] / mask.size) for i in np.argsort(-counts) if counts[i] and i > 0]
+            picture = overlay_mask(image, mask, colormap)
+        if "detection" in out:
+            det = out["detection"][index]
+            record["detections"] = {
+                "boxes": [[round(v, 2) for v in b] for b in det["boxes"].tolist()],
+                "scores": [round(v, 5) for v in det["scores"].tolist()], "labels": det["labels"].tolist(),
+                "class_names": [names[i] for i in det["labels"].tolist()]}
+            picture = draw_detections(np.asarray(picture), det, names, score_thresh)
+        if "classification" in out:
+            probs = out["classification"][index].sigmoid()
+            order = probs.argsort(descending=True).tolist()
+            present = [i for i in order if probs[i] >= 0.5] or order[:1]
+            record["image_labels"] = {"labels": present, "scores": [round(float(probs[i]), 5) for i in present],
+                                      "class_names": [names[i] for i in present],
+                                      "all_scores": [round(v, 5) for v in probs.tolist()]}
+            picture = _draw_label(np.asarray(picture), ", ".join(f"{names[i]} {float(probs[i]):.2f}" for i in present))
+        picture = draw_legend(picture, legend)
+        yield record, (picture, mask_image(mask, colormap)) if mask is not None else picture
+
+
 def load_model(cfg: DictConfig, task_name: str) -> tuple[nn.Module, list[str] | None]:
     """The model of ``cfg.ckpt_path`` or ``cfg.weights`` (``tools/predict.py``, ``tools/export.py``) and its class
     names: from the checkpoint, from the weights' record, or ``cfg.model`` with ``weights=`` loaded into it (a
@@ -234,13 +276,20 @@ def predict(cfg: DictConfig) -> Path:
     out = _prepare_output(cfg.output, paths)
     datamodule = instantiate(cfg.data, _convert_="all")  # for its evaluation transform only: no data is read
     model, names = load_model(cfg, task_name)
-    names = list(names) if names else [f"class {i}" for i in range(model.num_classes)]
+    if not names:
+        count = getattr(model, "num_classes", None)
+        if count is None:  # the joint model: its detection or classification head's classes
+            count = next(getattr(model, h).num_classes for h in ("detection", "classification", "segmentation")
+                         if getattr(model, h, None) is not None)
+        names = [f"class {i}" for i in range(count)]
+    names = list(names)
     model.eval()
-    run = {"classification": _classification, "detection": _detection, "segmentation": _segmentation}.get(task_name)
+    run = {"classification": _classification, "detection": _detection, "segmentation": _segmentation,
+           "multitask": _multitask}.get(task_name)
     if run is None:
         raise ValueError(f"tools/predict.py does not handle task={task_name} yet")
     extra: tuple = ()
-    if task_name == "detection":
+    if task_name in ("detection", "multitask"):
         extra = (cfg.draw_threshold,)
     elif task_name == "segmentation":
         mf = bool(cfg.get("mf"))
@@ -254,7 +303,7 @@ def predict(cfg: DictConfig) -> Path:
             for record, drawn in run(model, batch, [image], names, *extra):
                 # a.jpg and a.png in one folder: the second one's outputs keep its extension in the name
                 stem = path.stem if not (out / f"{path.stem}.png").exists() else path.name
-                if isinstance(drawn, tuple):  # segmentation: the overlay and the mask itself
+                if isinstance(drawn, tuple):  # segmentation (and the joint model): the overlay and the mask itself
                     drawn, mask = drawn
                     atomic_write(out / f"{stem}_mask.png", lambda f, mask=mask: mask.save(f, format="PNG"))
                     record = {"mask": f"{stem}_mask.png", **record}

@@ -93,6 +93,8 @@ def _model(cfg: DictConfig, datamodule: pl.LightningDataModule, info: WeightsInf
     data_classes = getattr(datamodule, "num_classes", None)
     if info is not None and info.model_class is not None and info.model_config is not None:
         return _model_from_record(model_cfg, info, datamodule)
+    if "heads" in model_cfg:  # the joint model: each head's classes from the data, which must have its labels
+        _fill_head_classes(model_cfg, datamodule)
     if "num_classes" in model_cfg:
         if model_cfg["num_classes"] is None:
             model_cfg["num_classes"] = data_classes
@@ -108,6 +110,31 @@ def _model(cfg: DictConfig, datamodule: pl.LightningDataModule, info: WeightsInf
             log.info("weights=%s replaces model.backbone_weights=%s", cfg.weights, model_cfg["backbone_weights"])
             model_cfg["backbone_weights"] = None
     return instantiate(model_cfg)
+
+
+def _fill_head_classes(model_cfg: dict[str, Any], datamodule: pl.LightningDataModule) -> None:
+    """``model.heads`` of the joint model (a head set to ``false`` is left out): unknown head names and heads the
+    data has no labels for are refused
+    (before anything is built), a head's ``num_classes: null`` becomes the data's for that head."""
+    from .models.multitask import HEADS
+    from .tasks.multitask import check_head_labels
+
+    heads = model_cfg["heads"] = {name: options for name, options in (model_cfg["heads"] or {}).items()
+                                  if options is not False}  # false: not this head (a data config drops one so)
+    unknown = [name for name in heads if name not in HEADS]
+    if unknown:
+        raise ValueError(f"model.heads: unknown head(s) {', '.join(map(repr, unknown))}; the heads are {', '.join(HEADS)}")
+    check_head_labels(list(heads), datamodule)
+    counts = getattr(datamodule, "head_num_classes", None) or {}
+    for name, options in heads.items():
+        options = heads[name] = dict(options or {})
+        if name not in counts:
+            continue
+        if options.get("num_classes") is None:
+            options["num_classes"] = counts[name]
+        elif options["num_classes"] != counts[name]:
+            raise ValueError(f"model.heads.{name}.num_classes={options['num_classes']} but the data gives {counts[name]} "
+                             f"classes for the {name} head; set it to null to take the data's")
 
 
 def _model_from_record(model_cfg: dict[str, Any], info: WeightsInfo, datamodule: pl.LightningDataModule) -> nn.Module:

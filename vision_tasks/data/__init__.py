@@ -43,6 +43,11 @@ _EXPORTS = {
     "DetectionRecord": "formats.detection",
     "detection_collate": "formats.detection",
     "read_coco": "formats.coco",
+    "read_coco_instances": "formats.coco",
+    "InstanceRecord": "formats.instances",
+    "MultiTaskDataset": "formats.instances",
+    "multitask_collate": "formats.instances",
+    "semantic_mask": "formats.instances",
     "read_voc": "formats.voc_xml",
     "read_voc_folder": "formats.voc_folder",
     "read_yolo": "formats.yolo",
@@ -70,6 +75,7 @@ _EXPORTS = {
     "generate_classification": "synthetic.classification",
     "generate_detection": "synthetic.detection",
     "generate_segmentation": "synthetic.segmentation",
+    "generate_multitask": "synthetic.multitask",
     # data modules
     "ImageFolderDataModule": "modules.classification",
     "SyntheticClassificationDataModule": "modules.classification",
@@ -81,6 +87,9 @@ _EXPORTS = {
     "SegmentationFolderDataModule": "modules.segmentation",
     "SyntheticSegmentationDataModule": "modules.segmentation",
     "VOCSegmentationDataModule": "modules.segmentation",
+    "MultiTaskDataModule": "modules.multitask",
+    "SyntheticMultiTaskDataModule": "modules.multitask",
+    "CombinedDataModule": "modules.combined",
 }
 
 __all__ = list(_EXPORTS)

@@ -290,18 +290,29 @@ class MultiTaskMobileNetV2(nn.Module):
     ) -> dict[str, Any]:
         """One output per head (see the class docstring); ``original_sizes`` ((H, W) per image) maps the
         detections back to the images before they were resized, as the single-task detector does."""
+        out = self.forward_heads(images)
+        if not self.training:
+            out.pop("segmentation_aux", None)
+            if self.detection is not None:
+                out["detection"] = self.detection.postprocess(out["detection"], original_sizes)
+        return out
+
+    def forward_heads(self, images: Tensor) -> dict[str, Any]:
+        """The head outputs as training mode gives them, in either mode (what the losses take: the detection
+        head outputs for ``model.detection.loss``, ``segmentation_aux`` when the segmentation head has an
+        ``aux_feature``), so that an evaluation computes its losses and its detections
+        (``model.detection.postprocess``) from one pass."""
         features = self.backbone(self.preprocess(images))
         size = tuple(int(s) for s in images.shape[-2:])
         out: dict[str, Any] = {}
         if self.classification is not None:
             out["classification"] = self.classification(features)
         if self.detection is not None:
-            head_out = self.detection(features, size)
-            out["detection"] = head_out if self.training else self.detection.postprocess(head_out, original_sizes)
+            out["detection"] = self.detection(features, size)
         if self.segmentation is not None:
             logits, aux_logits = self.segmentation(features, size)
             out["segmentation"] = logits
-            if self.training and aux_logits is not None:
+            if aux_logits is not None:
                 out["segmentation_aux"] = aux_logits
         return out
 

@@ -87,12 +87,17 @@ class VisionTask(pl.LightningModule):
     def configure_optimizers(self):
         if self.optimizer_factory is None:
             raise ValueError(f"{type(self).__name__} needs an optimizer to train (config key task.optimizer)")
-        optimizer = apply_lr_mult(self.optimizer_factory(param_groups(self.model, self.norm_weight_decay, self.backbone_lr_mult)))
+        optimizer = apply_lr_mult(self.optimizer_factory(self.param_groups()))
         if self.scheduler_factory is None:
             return optimizer
         wanted = [name for name in ("total_steps", "steps_per_epoch") if _accepts(self.scheduler_factory, name)]
         scheduler = self.scheduler_factory(optimizer, **self._run_length(wanted))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+
+    def param_groups(self) -> list[dict]:
+        """The optimizer's parameter groups: the model's (:func:`~vision_tasks.optim.param_groups`); a task with
+        parameters of its own (learned loss weights) adds theirs."""
+        return param_groups(self.model, self.norm_weight_decay, self.backbone_lr_mult)
 
     def _run_length(self, wanted: list[str]) -> dict[str, int]:
         """The ``wanted`` of ``total_steps`` (scheduler steps of the whole run) and ``steps_per_epoch``

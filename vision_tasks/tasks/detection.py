@@ -16,10 +16,30 @@ from ..files import atomic_write
 from ..models.transfer import match_labels
 from .base import OptimizerFactory, SchedulerFactory, VisionTask
 
-__all__ = ["MAP_KEYS", "DetectionTask", "detection_label_map"]
+__all__ = ["MAP_KEYS", "DetectionTask", "detection_label_map", "detection_losses", "log_map", "map_metric"]
 
 # The scalar results of torchmetrics' MeanAveragePrecision that are logged (COCO's AP/AR summary).
 MAP_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10", "mar_100")
+
+
+def map_metric() -> MeanAveragePrecision:
+    """The COCO-protocol box mAP of every detection evaluation (torchmetrics over pycocotools, boxes xyxy)."""
+    return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+
+
+def log_map(module: Any, metric: MeanAveragePrecision, stage: str) -> None:
+    """Log ``<stage>/<key>`` for the :data:`MAP_KEYS` of ``metric`` from ``module`` (a LightningModule), then reset it."""
+    results = metric.compute()
+    for key in MAP_KEYS:  # already reduced over processes by torchmetrics
+        module.log(f"{stage}/{key}", results[key].float(), prog_bar=key in ("map", "map_50"))
+    metric.reset()
+
+
+def detection_losses(losses: dict[str, torch.Tensor], localization_weight: float) -> dict[str, torch.Tensor]:
+    """``{"loss", "loss_cls", "loss_box"}`` from an SSD loss's ``{"classification", "localization"}``:
+    ``loss = classification + localization_weight * localization``."""
+    total = losses["classification"] + localization_weight * losses["localization"]
+    return {"loss": total, "loss_cls": losses["classification"], "loss_box": losses["localization"]}
 
 
 def detection_label_map(model_keys: Sequence[Hashable], data_keys: Sequence[Hashable]) -> list[int]:
@@ -109,7 +129,7 @@ class DetectionTask(VisionTask):
 
     @staticmethod
     def _map_metric() -> MeanAveragePrecision:
-        return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+        return map_metric()
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -120,9 +140,7 @@ class DetectionTask(VisionTask):
 
     # ---------------------------------------------------------------- training
     def _losses(self, head_out: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        losses = self.model.loss(head_out, targets)
-        total = losses["classification"] + self.localization_weight * losses["localization"]
-        return {"loss": total, "loss_cls": losses["classification"], "loss_box": losses["localization"]}
+        return detection_losses(self.model.loss(head_out, targets), self.localization_weight)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch
@@ -175,10 +193,7 @@ class DetectionTask(VisionTask):
         return mapped
 
     def _log_map(self, metric: MeanAveragePrecision, stage: str) -> None:
-        results = metric.compute()
-        for key in MAP_KEYS:  # already reduced over processes by torchmetrics
-            self.log(f"{stage}/{key}", results[key].float(), prog_bar=key in ("map", "map_50"))
-        metric.reset()
+        log_map(self, metric, stage)
 
     def on_validation_epoch_start(self) -> None:
         self.detections = []

@@ -12,6 +12,36 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from ..models.deeplab import multi_scale_logits, upsample_logits
 from .base import OptimizerFactory, SchedulerFactory, VisionTask
 
+__all__ = ["SegmentationTask", "log_segmentation_scores", "pixel_cross_entropy", "segmentation_scores"]
+
+
+def pixel_cross_entropy(logits: torch.Tensor, masks: torch.Tensor, ignore_index: int = 255,
+                        reduction: str = "mean") -> torch.Tensor:
+    """Pixel-wise cross-entropy of ``logits`` (N, C, h, w) against ``masks`` (N, H, W), the logits upsampled to the
+    masks' size when they differ, pixels ``ignore_index`` left out: the sum, or (``"mean"``) the mean over the
+    labelled pixels (0, still in the graph, when there are none)."""
+    if tuple(logits.shape[-2:]) != tuple(masks.shape[-2:]):  # DeepLab upsamples its logits to the labels
+        logits = upsample_logits(logits, tuple(masks.shape[-2:]))
+    total = F.cross_entropy(logits, masks, ignore_index=ignore_index, reduction="sum")
+    if reduction == "sum":
+        return total
+    return total / (masks != ignore_index).sum().clamp_min(1)
+
+
+def log_segmentation_scores(module, confusion: MulticlassConfusionMatrix, stage: str,
+                            class_names: Sequence[str] | None) -> None:
+    """Log ``<stage>/miou``, ``<stage>/pixel_acc`` and ``<stage>/iou/<class>`` (every class present in the ground
+    truth; its index when ``class_names`` does not give one per class) of ``confusion`` from ``module`` (a
+    LightningModule), then reset it."""
+    scores = segmentation_scores(confusion.compute())  # already reduced over processes by torchmetrics
+    confusion.reset()
+    module.log(f"{stage}/miou", scores["miou"], prog_bar=stage == "val")
+    module.log(f"{stage}/pixel_acc", scores["pixel_acc"])
+    names = class_names if class_names and len(class_names) == len(scores["iou"]) else None
+    for index in scores["present"].nonzero().flatten().tolist():
+        module.log(f"{stage}/iou/{names[index] if names else index}", scores["iou"][index])
+
+
 def segmentation_scores(confusion: torch.Tensor) -> dict[str, torch.Tensor]:
     """IoU per class, mIoU and pixel accuracy from a confusion matrix (rows: ground truth, columns: prediction).
 
@@ -131,9 +161,7 @@ class SegmentationTask(VisionTask):
         return self._cross_entropy_sum(logits, masks) / (masks != self.ignore_index).sum().clamp_min(1)
 
     def _cross_entropy_sum(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        if tuple(logits.shape[-2:]) != tuple(masks.shape[-2:]):  # DeepLab upsamples its logits to the labels
-            logits = upsample_logits(logits, tuple(masks.shape[-2:]))
-        return F.cross_entropy(logits, masks, ignore_index=self.ignore_index, reduction="sum")
+        return pixel_cross_entropy(logits, masks, self.ignore_index, reduction="sum")
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, masks = batch
@@ -171,13 +199,7 @@ class SegmentationTask(VisionTask):
                          torch.cat([m.flatten() for m in masks]))
 
     def _log_scores(self, confusion: MulticlassConfusionMatrix, stage: str) -> None:
-        scores = segmentation_scores(confusion.compute())  # already reduced over processes by torchmetrics
-        confusion.reset()
-        self.log(f"{stage}/miou", scores["miou"], prog_bar=stage == "val")
-        self.log(f"{stage}/pixel_acc", scores["pixel_acc"])
-        names = self.class_names if self.class_names and len(self.class_names) == self.num_classes else None
-        for index in scores["present"].nonzero().flatten().tolist():
-            self.log(f"{stage}/iou/{names[index] if names else index}", scores["iou"][index])
+        log_segmentation_scores(self, confusion, stage, self.class_names)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, self.val_confusion, "val")

@@ -19,7 +19,7 @@ from ..common import MAX_LISTED
 from ..errors import DataError
 from .detection import DetectionAnnotations, check_images_exist, detection_record, group_by_image, sanitize_boxes
 
-__all__ = ["COCO_LAYOUT", "coco_categories", "load_json", "read_coco"]
+__all__ = ["COCO_LAYOUT", "coco_categories", "load_json", "read_coco", "read_coco_instances"]
 
 COCO_LAYOUT = "root/annotations/instances_<split>.json with the images in root/<split>/"
 
@@ -41,6 +41,28 @@ def read_coco(annotation_file: str | os.PathLike[str], image_dir: str | os.PathL
             (checked up front, a few listed with the count); annotations refer to category or image
             ids it does not define.
     """
+    return _read_coco(annotation_file, image_dir, with_masks=False)
+
+
+def read_coco_instances(annotation_file: str | os.PathLike[str], image_dir: str | os.PathLike[str], *,
+                        require_masks: bool = True) -> DetectionAnnotations:
+    """:func:`read_coco` with each box's instance mask: the records are
+    :class:`~vision_tasks.data.formats.instances.InstanceRecord` s, whose ``segmentations`` hold each box's COCO
+    ``segmentation`` (polygons, RLE or compressed RLE, as pycocotools decodes them; the multi-task readers
+    derive the class-index mask and the image labels from them).
+
+    A file whose annotations have no ``segmentation`` at all (boxes only, e.g. converted from YOLO labels) is
+    refused with ``require_masks``; without, it gives plain :class:`DetectionRecord` s (no masks).
+
+    Raises:
+        DataError: as :func:`read_coco`, and naming the file when an annotation has no ``segmentation``
+            (all of them, with ``require_masks``: a file of boxes only) or one that is neither polygons nor RLE.
+    """
+    return _read_coco(annotation_file, image_dir, with_masks=True, require_masks=require_masks)
+
+
+def _read_coco(annotation_file: str | os.PathLike[str], image_dir: str | os.PathLike[str], *,
+               with_masks: bool, require_masks: bool = True) -> DetectionAnnotations:
     annotation_file = Path(annotation_file).expanduser()
     image_dir = Path(image_dir).expanduser()
     data = load_json(annotation_file)
@@ -55,7 +77,12 @@ def read_coco(annotation_file: str | os.PathLike[str], image_dir: str | os.PathL
 
     label_of = {category_id: label for label, category_id in enumerate(category_ids)}
     row_of = {image[0]: row for row, image in enumerate(images)}
-    table = _coco_annotation_table(data["annotations"], annotation_file)
+    table = _coco_annotation_table(data["annotations"], annotation_file, with_masks)
+    if with_masks and table["segmentation"] and not any(table["segmentation"]):  # boxes only
+        if require_masks:
+            raise DataError(f"{annotation_file}: none of its {len(table['segmentation'])} annotations has a "
+                            "'segmentation' (a file of boxes only): it gives no masks for a segmentation head")
+        with_masks = False
     unknown_categories = sorted(set(table["category_id"].tolist()) - set(label_of))
     if unknown_categories:
         raise DataError(
@@ -76,13 +103,19 @@ def read_coco(annotation_file: str | os.PathLike[str], image_dir: str | os.PathL
     area = np.where(np.isnan(table["area"]), (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), table["area"])
 
     rows, boxes, labels, iscrowd, area = rows[keep], boxes[keep], labels[keep], table["iscrowd"][keep], area[keep]
+    segmentations = [s for s, k in zip(table.get("segmentation", ()), keep.tolist()) if k]
     per_image = group_by_image(rows, len(images))
     records = []
     for row in sorted(range(len(images)), key=lambda r: images[r][0]):
         index = per_image[row]
         image_id, file_name, height, width = images[row]
         fields = boxes[index], labels[index], iscrowd[index], area[index]
-        records.append(detection_record(image_dir / file_name, image_id, height, width, *fields))
+        record = detection_record(image_dir / file_name, image_id, height, width, *fields)
+        if with_masks:
+            from .instances import instance_record  # pycocotools: only for the readers that decode masks
+
+            record = instance_record(record, [segmentations[i] for i in index.tolist()], annotation_file)
+        records.append(record)
     return DetectionAnnotations(records, class_names, category_ids)
 
 
@@ -134,9 +167,10 @@ def _coco_images(images: list[Any], path: Path) -> list[tuple[int, str, int, int
     return out
 
 
-def _coco_annotation_table(annotations: list[Any], path: Path) -> dict[str, np.ndarray]:
-    """The annotations as columns: image_id, category_id, bbox (N, 4) xywh, area (NaN if absent), iscrowd."""
-    image_ids, category_ids, bboxes, areas, crowds = [], [], [], [], []
+def _coco_annotation_table(annotations: list[Any], path: Path, with_masks: bool = False) -> dict[str, Any]:
+    """The annotations as columns: image_id, category_id, bbox (N, 4) xywh, area (NaN if absent), iscrowd, and
+    with ``with_masks`` the list of their ``segmentation`` entries."""
+    image_ids, category_ids, bboxes, areas, crowds, masks = [], [], [], [], [], []
     for entry in annotations:
         try:
             image_ids.append(_int(entry["image_id"]))
@@ -147,12 +181,16 @@ def _coco_annotation_table(annotations: list[Any], path: Path) -> dict[str, np.n
             bboxes.append(bbox)
             areas.append(float(entry["area"]) if entry.get("area") is not None else np.nan)
             crowds.append(1 if entry.get("iscrowd") else 0)
+            if with_masks:
+                masks.append(entry.get("segmentation"))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise DataError(
                 f"{path}: annotation {_short(entry)} needs an integer 'image_id' and 'category_id' and a "
                 f"'bbox' [x, y, width, height] ({exc!r})"
             ) from exc
+    table: dict[str, Any] = {"segmentation": masks} if with_masks else {}
     return {
+        **table,
         "image_id": np.array(image_ids, dtype=np.int64),
         "category_id": np.array(category_ids, dtype=np.int64),
         "bbox": np.array(bboxes, dtype=np.float64).reshape(-1, 4),

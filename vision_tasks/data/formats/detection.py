@@ -197,6 +197,12 @@ class DetectionDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
         record = self.records[index]
+        image, boxes = self.load(record)
+        tensor, target, _ = self.transformed(record, image, boxes)
+        return tensor, target
+
+    def load(self, record: DetectionRecord) -> tuple[np.ndarray, np.ndarray]:
+        """The image of ``record`` (uint8 HWC RGB, reduced to ``max_side``) and its boxes in its pixels."""
         image = load_rgb(record.path, max_side=self.max_side)
         height, width = record.height, record.width
         boxes = record.boxes
@@ -206,21 +212,29 @@ class DetectionDataset(Dataset):
             )
         if image.shape[:2] != (height, width):  # decoded reduced: the boxes follow
             boxes = boxes * np.array([image.shape[1] / width, image.shape[0] / height] * 2, dtype=np.float32)
+        return image, boxes
+
+    def transformed(
+        self, record: DetectionRecord, image: np.ndarray, boxes: np.ndarray, **extra: np.ndarray
+    ) -> tuple[torch.Tensor, Target, dict[str, Any]]:
+        """The image tensor and target after the transform, and the transformed ``extra`` targets (e.g. a
+        ``mask``, which albumentations moves with the image and the boxes)."""
         fields = {"labels": record.labels, "iscrowd": record.iscrowd, "area": record.area}
         if self.transform is None:
             tensor = torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)
         else:
-            out = self.transform(image=image, bboxes=boxes, **fields)
+            out = self.transform(image=image, bboxes=boxes, **fields, **extra)
             tensor = out["image"]
             boxes = out["bboxes"]
             fields = {name: out[name] for name in fields}
+            extra = {name: out[name] for name in extra}
         target = {
             "boxes": torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)),
             "labels": torch.as_tensor(np.asarray(fields["labels"], dtype=np.int64)),
             "iscrowd": torch.as_tensor(np.asarray(fields["iscrowd"], dtype=np.int64)),
             "area": torch.as_tensor(np.asarray(fields["area"], dtype=np.float32)),
             "image_id": record.image_id,
-            "orig_size": torch.tensor([height, width], dtype=torch.int64),
+            "orig_size": torch.tensor([record.height, record.width], dtype=torch.int64),
             "annotations": {
                 "boxes": torch.as_tensor(record.boxes),
                 "labels": torch.as_tensor(record.labels),
@@ -228,7 +242,7 @@ class DetectionDataset(Dataset):
                 "area": torch.as_tensor(record.area),
             },
         }
-        return tensor, target
+        return tensor, target, extra
 
 
 def detection_collate(batch: Sequence[tuple[torch.Tensor, Target]]) -> tuple[torch.Tensor, list[Target]]:

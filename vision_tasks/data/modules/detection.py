@@ -116,7 +116,11 @@ class _DetectionDataModule(SplitDataModule):
         records = annotations.records
         usable = self._usable([r.path for r in records], f"{which} images",
                               expected_sizes=[(r.height, r.width) for r in records])
-        return DetectionDataset([r for r, ok in zip(records, usable) if ok], transform, max_side=self.max_side)
+        return self._make_dataset([r for r, ok in zip(records, usable) if ok], transform)
+
+    def _make_dataset(self, records: list, transform: Transform) -> DetectionDataset:
+        """The dataset of the checked ``records`` (a subclass serves more labels: the multi-task data module)."""
+        return DetectionDataset(records, transform, max_side=self.max_side)
 
 
 class ConvertedDetectionDataModule(_DetectionDataModule):

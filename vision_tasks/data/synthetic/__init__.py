@@ -15,7 +15,8 @@ Modules:
 - :mod:`.cache`: where the sets go (:func:`synthetic_root`), their manifest, atomic generation, the
   parameter checks and the per-sample generators.
 - :mod:`.classification`, :mod:`.detection`, :mod:`.segmentation`: the ``generate_*`` writers
-  (ImageFolder, COCO JSON: the only module that imports pycocotools, Pascal VOC).
+  (ImageFolder, COCO JSON: the only module that imports pycocotools, Pascal VOC); :mod:`.multitask`: the
+  multi-task set, the detection set's COCO writer with instance masks under its own name and defaults.
 
 Each image draws from its own generator, seeded by ``(seed, split, class, index)``, so an image does
 not depend on how many others are generated or in which order. Datasets are written into a
@@ -63,6 +64,8 @@ _EXPORTS = {
     "generate_classification": "classification",
     "generate_detection": "detection",
     "generate_segmentation": "segmentation",
+    "generate_multitask": "multitask",
+    "write_coco_shapes": "detection",
 }
 
 __all__ = list(_EXPORTS)

@@ -57,6 +57,7 @@ _GENERATORS: dict[str, str] = {
     "classification": "classification:generate_classification",
     "detection": "detection:generate_detection",
     "segmentation": "segmentation:generate_segmentation",
+    "multitask": "multitask:generate_multitask",
 }
 
 

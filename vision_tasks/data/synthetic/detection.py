@@ -15,7 +15,7 @@ from ..classes import SHAPES
 from .cache import GENERATOR_NAME, GENERATOR_VERSION, SPLIT_KEYS, generate_atomically, sample_rng, scene_params
 from .drawing import draw_detection_image, mask_bbox
 
-__all__ = ["generate_detection"]
+__all__ = ["generate_detection", "write_coco_shapes"]
 
 
 def generate_detection(
@@ -51,11 +51,19 @@ def generate_detection(
             not write; nothing is overwritten.
         ValueError: a parameter out of range, or a layout the constraints cannot satisfy.
     """
-    params, counts, layout = scene_params(
-        num_train=num_train, num_val=num_val, image_size=image_size, min_objects=min_objects,
+    return write_coco_shapes(
+        root, "detection", num_train=num_train, num_val=num_val, image_size=image_size, min_objects=min_objects,
         max_objects=max_objects, min_size=min_size, max_size=max_size, max_overlap=max_overlap, seed=seed,
         clutter=clutter,
     )
+
+
+def write_coco_shapes(root: str | os.PathLike[str], task: str, **scene: Any) -> Path:
+    """Write shape scenes (:func:`draw_detection_image`, parameters :func:`scene_params`) in COCO layout under
+    ``root`` as the synthetic data of ``task`` (its manifest's name): one instance annotation per shape with its
+    tight box, pixel area and RLE mask. The writer of :func:`generate_detection` and of the multi-task set
+    (:func:`~vision_tasks.data.synthetic.multitask.generate_multitask`)."""
+    params, counts, layout = scene_params(**scene)
     categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPES)]
 
     def write(tmp: Path) -> dict[str, Any]:
@@ -87,7 +95,7 @@ def generate_detection(
             objects[split] = len(annotations)
         return {"classes": list(SHAPES), "counts": counts, "objects": objects}
 
-    return generate_atomically(root, "detection", params, write)
+    return generate_atomically(root, task, params, write)
 
 
 def _coco_annotation(annotation_id: int, image_id: int, category_id: int, mask: np.ndarray) -> dict[str, Any]:
