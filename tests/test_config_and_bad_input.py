@@ -304,7 +304,7 @@ def test_readme_inline_overrides_compose():
     text = (CONFIG_DIR.parent / "README.md").read_text()
     inline = sorted(set(re.findall(r"`((?:[a-z_]+\.)*[a-z_]+=[^`\s]+)`", text)))
     assert len(inline) > 10
-    tasks = ("classification", "detection", "segmentation")
+    tasks = ("classification", "detection", "segmentation", "multitask")
     groups = {"task", "data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "experiment"}
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         top_level = set(compose("train", overrides=["run_dir=unused"])) | groups
