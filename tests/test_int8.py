@@ -34,19 +34,23 @@ def _bn_of_a_batch(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _separated_classifier() -> tuple[torch.nn.Module, torch.Tensor]:
-    """A 10-class classifier whose logits are well separated by construction on its 10 test images: its last layer
-    is set (least squares on their centred pooled features) so that image i has logit 8 for class i and -2 for
-    the others."""
+    """A 5-class classifier whose logits are well separated by construction, and 20 test images: class i is
+    images of one plain colour (black, white, red, green, blue) with blocky noise; the last layer is set (least
+    squares on the centred pooled features of the plain colours) so that colour i has logit 8 for class i and -2
+    for the others."""
     torch.manual_seed(0)
-    model = _bn_of_a_batch(mobilenet_v2_classifier(num_classes=10, width_mult=0.35, padding="tf_same"))
-    images = _images(10, seed=7)
+    model = _bn_of_a_batch(mobilenet_v2_classifier(num_classes=5, width_mult=0.35, padding="tf_same"))
+    colours = torch.tensor([[0.0, 0, 0], [1, 1, 1], [0.9, 0.1, 0.1], [0.1, 0.9, 0.1], [0.1, 0.1, 0.9]])
+    plain = colours.view(5, 3, 1, 1).expand(5, 3, SIZE, SIZE)
     with torch.no_grad():
-        pooled = torch.flatten(model.head.pool(model.backbone(model.preprocess(images))["layer19"]), 1)
+        pooled = torch.flatten(model.head.pool(model.backbone(model.preprocess(plain))["layer19"]), 1)
         centred = pooled - pooled.mean(0)
-        target = 10 * (torch.eye(10) - 0.1)
-        weight = target.T @ torch.linalg.pinv(centred).T  # (10, features): weight @ centred_i = target_i
+        target = 10 * (torch.eye(5) - 0.2)
+        weight = target.T @ torch.linalg.pinv(centred).T  # (5, features): weight @ centred_i = target_i
         model.head.fc.weight.copy_(weight)
         model.head.fc.bias.copy_(-weight @ pooled.mean(0))
+    noise = 0.02 * (_images(20, seed=7) - 0.5)
+    images = (plain.repeat(4, 1, 1, 1) + noise).clamp(0, 1)
     return model, images
 
 
@@ -65,8 +69,8 @@ def test_a_quantized_classifier_has_qdq_nodes_runs_and_agrees_with_float(tmp_pat
     model, images = _separated_classifier()
     with torch.no_grad():
         reference = model(images).argmax(1)
-    assert reference.tolist() == list(range(10))  # separated by construction
-    calibration = torch.cat([images, _images(6, seed=9)])
+    assert reference.tolist() == list(range(5)) * 4  # separated by construction
+    calibration = torch.cat([images[:8], _images(8, seed=9)])
     float_path, path = _quantized(model, tmp_path, "cls", calibration)
     assert path == tmp_path / "cls.int8.onnx" and path.is_file() and float_path.is_file()
     ops = _ops(path)
@@ -75,7 +79,7 @@ def test_a_quantized_classifier_has_qdq_nodes_runs_and_agrees_with_float(tmp_pat
     assert meta["task"] == "classification" and meta["int8"]["format"] == "QDQ"
     assert meta["int8"]["calibration_images"] == 16
     report = check_export(path, model, images, batch_size=3)  # runs in ONNX Runtime at another batch
-    assert report["images"] == 10 and report["argmax_agreement"] >= 0.9, report  # chance: 0.1
+    assert report["images"] == 20 and report["argmax_agreement"] >= 0.9, report  # chance: 0.2
     assert 0 < report["max_abs_diff"] < 2.0  # int8: not the float export's 1e-4, but small beside the margins of 10
     float_report = check_export(float_path, model, images, batch_size=4)
     assert float_report["ok"] and float_report["argmax_agreement"] == 1.0
@@ -137,3 +141,18 @@ def test_an_existing_int8_file_is_refused(tmp_path):
     assert existing.read_bytes() == b"the user's file"
     with pytest.raises(ValueError, match="method='kl'"):
         quantize_onnx(tmp_path / "m.onnx", tmp_path / "x.onnx", _images(2), method="kl")
+
+
+def test_export_config_int8_says_what_is_missing(tmp_path):
+    from test_export import _compose
+    from vision_tasks.export import export
+
+    with pytest.raises(ValueError, match="int8=true quantizes ONNX exports"):
+        export(_compose("task=classification", "weights=x.safetensors", "format=pt2", "int8=true",
+                        f"calibration_images={tmp_path}", f"out={tmp_path / 'm'}"))
+    with pytest.raises(ValueError, match="int8=true needs calibration_images=DIR"):
+        export(_compose("task=classification", "weights=x.safetensors", "int8=true", f"out={tmp_path / 'm'}"))
+    (tmp_path / "m.int8.onnx").write_bytes(b"the user's file")  # the int8 sibling is refused before anything runs
+    with pytest.raises(FileExistsError, match="m.int8.onnx exists"):
+        export(_compose("task=classification", "weights=x.safetensors", "int8=true", f"calibration_images={tmp_path}",
+                        f"out={tmp_path / 'm'}"))
