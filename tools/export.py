@@ -6,11 +6,15 @@ to ExecuTorch), optionally checked against the PyTorch model on real images (con
     python tools/export.py task=detection ckpt_path=runs/detection/.../checkpoints/best.ckpt format=pt2 out=ssdlite.pt2
     python tools/export.py task=detection weights=ssdlite_mobilenet_v2_coco_0.5_200x200.tflite format=onnx \
         out=ssdlite.onnx check_images=../shared/data/coco128/val2017
+    python tools/export.py task=classification weights=mobilenet_v2_1.0_224_quant.tflite format=onnx out=mnv2.onnx \
+        int8=true calibration_images=../shared/data/coco128/train2017 check_images=../shared/data/coco128/val2017
 
 Inputs are float images (N, 3, H, W) in [0, 1] at the export size (dynamic N); the model normalises them inside.
 Detection exports return fixed-size padded boxes, scores, labels and num_detections (vision_tasks.export). With
 check_images= the export runs in its runtime beside the PyTorch model and the parity report is printed and written
-beside the export (<out>.parity.json). Nothing is overwritten.
+beside the export (<out>.parity.json). int8=true (ONNX only) also writes <out stem>.int8.onnx, ONNX Runtime's
+static QDQ post-training quantization calibrated on calibration_images=, and checks it too
+(<stem>.int8.onnx.parity.json: argmax / detection agreement with the PyTorch model). Nothing is overwritten.
 """
 
 import hydra
