@@ -398,3 +398,16 @@ def test_a_rank_that_dies_ends_the_ddp_run_within_seconds(tmp_path, env):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
     assert time.monotonic() - start < 200, "the survivors waited for the timeout"  # startup included
+
+
+def test_atomic_write_without_durability_skips_fsync_only(tmp_path, monkeypatch):
+    """Heartbeats are rewritten several times a step: no fsync, but still all or nothing for readers."""
+    from vision_tasks import files
+
+    synced = []
+    monkeypatch.setattr(files.os, "fsync", lambda fd: synced.append(fd))
+    files.atomic_write(tmp_path / "beat.json", '{"step": 1}', durable=False)
+    assert synced == [] and (tmp_path / "beat.json").read_text() == '{"step": 1}'
+    files.atomic_write(tmp_path / "record.json", "{}")
+    assert len(synced) == 2  # the file, then its folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["beat.json", "record.json"]  # no temporary left

@@ -114,7 +114,8 @@ class WatchedDDPStrategy(DDPStrategy):
             "epoch": trainer.current_epoch if trainer is not None else -1, "time": time.time(),
         }
         try:
-            atomic_write(self._heartbeat_dir / f"rank{self.global_rank}.json", json.dumps(record))
+            # several times a step: no fsync (a heartbeat need not survive a power loss)
+            atomic_write(self._heartbeat_dir / f"rank{self.global_rank}.json", json.dumps(record), durable=False)
         except OSError:  # a heartbeat is a diagnosis aid: never the reason a run fails
             pass
 

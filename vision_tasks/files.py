@@ -37,13 +37,15 @@ def _temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}{_MARK}{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-def atomic_write(path: str | os.PathLike, content: Content, *, encoding: str = "utf-8") -> Path:
+def atomic_write(path: str | os.PathLike, content: Content, *, encoding: str = "utf-8", durable: bool = True) -> Path:
     """Write ``content`` to ``path`` completely or not at all; returns ``path``.
 
     ``content`` is bytes, text (encoded with ``encoding``) or a function that writes into the binary
     file object it is given (``lambda f: torch.save(obj, f)``, ``lambda f: image.save(f, format="PNG")``).
     Readers see the previous file or the whole new one, never a part; if writing, flushing or syncing
     fails (a full disk, an interrupt), the error is raised and the previous file is untouched.
+    ``durable=False`` skips the two fsyncs (file and folder): still all or nothing for readers, but a power
+    loss may lose the write; for files rewritten many times a second (heartbeats).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,12 +59,14 @@ def atomic_write(path: str | os.PathLike, content: Content, *, encoding: str = "
             else:
                 f.write(content.encode(encoding) if isinstance(content, str) else content)
             f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+            if durable:
+                os.fsync(f.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_folder(path.parent)  # the rename itself survives a power loss
+    if durable:
+        _fsync_folder(path.parent)  # the rename itself survives a power loss
     return path
 
 

@@ -1,7 +1,7 @@
 """ImageFolder classification data: ``root/<split>/<class>/*.jpg``, the reader and the dataset.
 
 :func:`scan_image_folder` checks a split before training (folders present, every class has images,
-optionally every image header readable) and raises :class:`DataError` naming the path and the
+optionally every image decodable) and raises :class:`DataError` naming the path and the
 reason; :class:`ImageFolderDataset` serves what it found. The data modules are in
 :mod:`vision_tasks.data.modules.classification`.
 """
@@ -16,7 +16,8 @@ from typing import Sequence
 import torch
 from torch.utils.data import Dataset
 
-from ..common import IMAGE_EXTENSIONS, UNREADABLE, Transform, check_each, list_images, load_rgb, read_header
+from ..common import IMAGE_EXTENSIONS, Transform, list_images, load_rgb
+from ..verify import verify_images as verify_images_of
 from ..errors import DataError
 
 __all__ = ["LAYOUT", "ImageFolderDataset", "scan_image_folder"]
@@ -70,8 +71,8 @@ def scan_image_folder(
     Classes are the sorted sub-folder names, or ``class_names`` (labels in that order; each must be a
     sub-folder, others are ignored). Images are files ending in one of
     :data:`~vision_tasks.data.common.IMAGE_EXTENSIONS`, any case, found recursively; hidden files and
-    folders are skipped, other files are ignored with a warning. With ``verify_images`` every image's
-    header is read (a few tens of microseconds per file, much less than decoding) so that a corrupt file
+    folders are skipped, other files are ignored with a warning. With ``verify_images`` every image is
+    decoded once (:func:`~vision_tasks.data.verify.verify_images`, cached per file) so that a corrupt file
     fails now, not mid-epoch.
 
     Returns:
@@ -109,15 +110,6 @@ def scan_image_folder(
         warnings.warn(
             f"{split_dir}: ignored {len(ignored)} file(s) that are not images, e.g. {ignored[0]}", stacklevel=2
         )
-    if verify_images:
-        # read the headers in threads (the cost is file-system latency); up to 10 bad files listed
-        check_each([path for path, _ in samples], _header_error, "{count} unreadable image(s)", max_listed=10)
+    if verify_images:  # every image decoded once (cached per file): vision_tasks.data.verify
+        verify_images_of([path for path, _ in samples], what=f"images of {split_dir}")
     return samples, class_names
-
-
-def _header_error(path: Path) -> str | None:
-    try:
-        width, height, _ = read_header(path)
-    except UNREADABLE as exc:
-        return f"{path}: {exc}"
-    return None if width > 0 and height > 0 else f"{path}: empty image ({width}x{height})"
