@@ -123,9 +123,9 @@ def main(argv: list[str] | None = None) -> None:
     tr = sub.add_parser("train", help="training images/s: Lightning Trainer vs a bare PyTorch loop, and the data pipeline")
     tr.add_argument("--tasks", nargs="+", default=["classification", "detection", "segmentation"],
                     choices=["classification", "detection", "segmentation"])
-    tr.add_argument("--steps", type=int, help="timed training steps per path (default 40; --small: 2)")
-    tr.add_argument("--warmup", type=int, help="untimed steps per path first (default 5; --small: 1)")
-    tr.add_argument("--chunk", type=int, help="steps per interleaved chunk (default 5; --small: 1)")
+    tr.add_argument("--steps", type=int, help="timed training steps per path (default 30; --small: 2)")
+    tr.add_argument("--warmup", type=int, help="untimed steps per path first (default 3; --small: 1)")
+    tr.add_argument("--chunk", type=int, help="steps per interleaved chunk (default 1; --small: 1)")
     tr.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     tr.add_argument("--small", action="store_true", help="tiny width, input and batch, 2 steps: a smoke test")
     tr.add_argument("--out", default="runs/benchmark", help="folder for train.json and train.png")
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.what == "train":
         from vision_tasks.train_benchmark import run
 
-        steps, warmup, chunk = (2, 1, 1) if args.small else (40, 5, 5)
+        steps, warmup, chunk = (2, 1, 1) if args.small else (30, 3, 1)
         run(args.tasks, steps=args.steps or steps, warmup=args.warmup if args.warmup is not None else warmup,
             chunk=args.chunk or chunk, out=Path(args.out), threads=args.threads or None, small=args.small,
             overrides=args.overrides)
