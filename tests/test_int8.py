@@ -79,9 +79,9 @@ def test_a_quantized_classifier_has_qdq_nodes_runs_and_agrees_with_float(tmp_pat
     assert meta["task"] == "classification" and meta["int8"]["format"] == "QDQ"
     assert meta["int8"]["calibration_images"] == 16
     report = check_export(path, model, images, batch_size=3)  # runs in ONNX Runtime at another batch
-    # above chance (0.2) only: on this AVX2 CPU the int8 files agree far less than the issue asks (see README);
-    # measured 0.45 before reduce_range was made the default
-    assert report["images"] == 20 and report["argmax_agreement"] >= 0.3, report
+    # classes separated by construction: int8 keeps them (measured 1.0 with 7- and 8-bit weights; 0.45 before the
+    # ReLU6 were quantized with their convolutions, see INT8_OP_TYPES)
+    assert report["images"] == 20 and report["argmax_agreement"] >= 0.9, report
     assert report["max_abs_diff"] > 0  # int8: not the float export
     float_report = check_export(float_path, model, images, batch_size=4)
     assert float_report["ok"] and float_report["argmax_agreement"] == 1.0
@@ -102,8 +102,9 @@ def test_a_quantized_segmenter_agrees_with_float_pixelwise(tmp_path):
     out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": images.numpy()})[0]
     assert out.shape == (4, 4, SIZE, SIZE) and out.dtype == "float32"
     report = check_export(path, model, images, batch_size=2)
-    # a random network's pixel argmax has near-ties; above chance (0.25) only, measured 0.48 (see the classifier)
-    assert report["argmax_agreement"] >= 0.3, report
+    # a random network's pixel argmax has near-ties; above chance (0.25) only, measured 0.55 (7-bit weights) and
+    # 0.59 (8-bit)
+    assert report["argmax_agreement"] >= 0.4, report
 
 
 def test_a_quantized_detector_keeps_its_post_processing_float(tmp_path):
