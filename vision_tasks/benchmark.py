@@ -4,7 +4,8 @@ torchvision's MobileNetV3 peers and the authors' int8 TFLite releases, in one ru
 Every (model, path) is measured in a fresh subprocess, one after another, on the same fixed-seed inputs:
 
 - batch-1 latency: the median of ``repeats`` forwards after two warm-up forwards (ms);
-- throughput: images/s at batch 32 (classifier) or 8 (the others), the median of a few forwards after one warm-up;
+- throughput: images/s at batch 32 (classifier) or 8 (the others), the median of ``repeats // 2`` (1 to 3) forwards
+  after one warm-up;
 - peak memory: the process's peak resident memory (``ru_maxrss``) above its resident memory just before the
   measured forwards (warm-ups included), at batch 1 and at the throughput batch. The peak is reset first
   (``/proc/self/clear_refs``, Linux), so that building the model does not hide it; CUDA: peak allocated memory.
@@ -56,6 +57,10 @@ BATCHES = {"classification": 32, "detection": 8, "segmentation": 8, "multitask":
 DETECTION_SCORE_THRESH = 0.3
 CALIBRATION_IMAGES = 16
 SEED = 0
+# OpenMP threads that sleep instead of spinning when they wait: on a shared machine (more runnable threads than
+# cores) torch's spinning threads wait for descheduled ones, and MobileNetV2 at 224 took 0.2-3.5 s a forward at 2
+# threads instead of 55 ms (measured here). An OMP_WAIT_POLICY already set is kept; ONNX Runtime follows suit.
+WAIT_POLICY = "PASSIVE"
 
 
 # ----------------------------------------------------------------------------------------------- the models
@@ -236,6 +241,8 @@ def _runner(spec: dict[str, Any], model, notes: list[str]) -> tuple[Callable, Ca
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = spec["threads"], 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(spec[path], options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         return (lambda x: x.numpy()), (lambda x: session.run(None, {name: x}))
@@ -308,7 +315,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         row["compile_s"] = time.perf_counter() - start
     measured = {}
     for key, x, warmups, repeats in (("b1", x1, 2, spec["repeats"]),
-                                     ("batch", xb, 1, max(1, min(3, spec["repeats"])))):
+                                     ("batch", xb, 1, max(1, min(3, spec["repeats"] // 2)))):
         if cuda:
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
@@ -345,6 +352,8 @@ def _subprocess(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     code = "import sys; from vision_tasks.benchmark import _child; _child(sys.argv[1])"
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env["PYTHONPATH"] = str(ROOT)
+    env.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
+    start = time.perf_counter()
     try:
         proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
                               cwd=ROOT, env=env, timeout=timeout)
@@ -353,7 +362,9 @@ def _subprocess(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
         return {"error": (lines[-1] if lines else f"exit code {proc.returncode}")[-300:], "stderr": proc.stderr[-3000:]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["process_s"] = time.perf_counter() - start
+    return result
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -445,7 +456,8 @@ def run_models(args) -> dict[str, Any]:
             rows.append(row)
     record = {"device": device_name(args.device), "threads": args.threads, "torch": torch.__version__,
               "onnxruntime": _version("onnxruntime"), "ai_edge_litert": _version("ai_edge_litert"),
-              "small": args.small, "repeats": args.repeats, "detection_score_thresh": DETECTION_SCORE_THRESH,
+              "small": args.small, "repeats": args.repeats,
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", WAIT_POLICY), "detection_score_thresh": DETECTION_SCORE_THRESH,
               "rows": rows, "joint": _ratios(rows, SMALL_SIZES["multitask"] if args.small else SIZES["multitask"])}
     return record
 
@@ -502,7 +514,7 @@ def device_name(device: str) -> str:
 def table(record: dict[str, Any]) -> str:
     """The printed table: one line per (model, path)."""
     lines = [f"{record['device']}; {record['threads']} torch / ONNX Runtime / LiteRT threads; torch {record['torch']}, "
-             f"onnxruntime {record['onnxruntime']}; batch-1 latency median of {record['repeats']}; "
+             f"onnxruntime {record['onnxruntime']}; OMP_WAIT_POLICY={record['omp_wait_policy']}; batch-1 latency median of {record['repeats']}; "
              f"ratios against torchvision's eager model of the task",
              f"{'model':<38} {'path':<13} {'input':>5} {'batch-1 ms':>10} {'vs tv':>6} {'batch':>5} {'img/s':>8} "
              f"{'vs tv':>6} {'peak MB b1/bN':>14}  notes"]
@@ -542,7 +554,7 @@ def plot(record: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in record["rows"] if "latency_ms" in r]
-    labels = [f"{r['model']}{' (ref.)' if r.get('role') else ''} @{r['size']}" for r in rows]
+    labels = [f"{r['model']}{' (ref.)' if r.get('role') else ''} @{r['size']} {r['path']}" for r in rows]
     colours = {p: plt.get_cmap("tab10")(i) for i, p in enumerate(PATHS)}
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 0.32 * len(rows) + 1.8), sharey=True)
     ys = range(len(rows))[::-1]
