@@ -1,4 +1,4 @@
-"""``tools/benchmark.py models`` at its ``--small`` settings: the rows, the ratios and the files (no timings asserted)."""
+"""``tools/benchmark.py models`` at its ``--small`` settings: rows, ratios and files (no timings asserted)."""
 
 from __future__ import annotations
 

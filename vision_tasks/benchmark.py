@@ -459,7 +459,8 @@ def run_models(args) -> dict[str, Any]:
     record = {"device": device_name(args.device), "threads": args.threads, "torch": torch.__version__,
               "onnxruntime": _version("onnxruntime"), "ai_edge_litert": _version("ai_edge_litert"),
               "small": args.small, "repeats": args.repeats,
-              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", WAIT_POLICY), "detection_score_thresh": DETECTION_SCORE_THRESH,
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", WAIT_POLICY),
+              "detection_score_thresh": DETECTION_SCORE_THRESH,
               "rows": rows, "joint": _ratios(rows, SMALL_SIZES["multitask"] if args.small else SIZES["multitask"])}
     return record
 
@@ -516,7 +517,8 @@ def device_name(device: str) -> str:
 def table(record: dict[str, Any]) -> str:
     """The printed table: one line per (model, path)."""
     lines = [f"{record['device']}; {record['threads']} torch / ONNX Runtime / LiteRT threads; torch {record['torch']}, "
-             f"onnxruntime {record['onnxruntime']}; OMP_WAIT_POLICY={record['omp_wait_policy']}; batch-1 latency median of {record['repeats']}; "
+             f"onnxruntime {record['onnxruntime']}; OMP_WAIT_POLICY={record['omp_wait_policy']}; "
+             f"batch-1 latency median of {record['repeats']}; "
              f"ratios against torchvision's eager model of the task",
              f"{'model':<44} {'path':<13} {'input':>5} {'batch-1 ms':>10} {'vs tv':>6} {'batch':>5} {'img/s':>8} "
              f"{'vs tv':>6} {'peak MB b1/bN':>14}  notes"]
