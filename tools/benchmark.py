@@ -9,6 +9,22 @@ process builds the backbone (eval mode, batch 1) and runs it on a ``size x size`
 process's peak resident memory above what it held before the forward, so the settings do not share an
 allocator. The time is the median of a few forwards. The results are printed as a table (ratios against
 ``splits=1``) and written to ``DIR/memory_efficient.json`` and ``DIR/memory_efficient.png``.
+
+    python tools/benchmark.py models [--tasks classification detection segmentation multitask]
+        [--paths eager channels_last compile onnx onnx_int8 tflite] [--peers/--no-peers] [--tflite-dir DIR]
+        [--batch N] [--repeats N] [--threads N] [--device cpu|cuda] [--out DIR] [--small]
+
+``models``: batch-1 latency, throughput and peak memory of our task models (random init, the issue's sizes) per
+path (PyTorch eager / channels_last / torch.compile, ONNX Runtime float / int8, the authors' int8 TFLite
+releases in LiteRT), beside torchvision's MobileNetV3 peers, each setting in a fresh process; the joint model
+against the sum of the three single-task models. Table, ``DIR/models.json``, ``DIR/models.png``
+(``vision_tasks.benchmark`` has the details).
+
+    python tools/benchmark.py train [--tasks classification detection segmentation] [--steps N] [--out DIR]
+
+``train``: images/s of a training step of each task's default run through its LightningModule in a Trainer
+against a bare PyTorch loop (same model, batches, optimizer; interleaved step by step), and the data pipeline's
+images/s with the configured workers (``vision_tasks.train_benchmark``).
 """
 
 from __future__ import annotations
@@ -130,9 +146,37 @@ def main(argv: list[str] | None = None) -> None:
     tr.add_argument("--small", action="store_true", help="tiny width, input and batch, 2 steps: a smoke test")
     tr.add_argument("--out", default="runs/benchmark", help="folder for train.json and train.png")
     tr.add_argument("overrides", nargs="*", help="Hydra overrides for every task (data.batch_size=8 ...)")
+    from vision_tasks.benchmark import PATHS, TASKS
+
+    mod = sub.add_parser("models", help="latency / throughput / memory of the task models, their peers and paths")
+    mod.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    mod.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
+    mod.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
+                     help="torchvision's mobilenet_v2 / ssdlite320_mobilenet_v3_large / deeplabv3_mobilenet_v3_large")
+    mod.add_argument("--tflite-dir", default=str(ROOT.parent / "shared" / "weights"),
+                     help="folder of the authors' int8 .tflite releases (default ../shared/weights)")
+    mod.add_argument("--batch", type=int, default=None, help="throughput batch (default 32 classifier, 8 others)")
+    mod.add_argument("--repeats", type=int, default=10, help="batch-1 forwards timed (median)")
+    mod.add_argument("--threads", type=int, default=0, help="torch / ONNX Runtime / LiteRT threads (default: torch's)")
+    mod.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                     help="cuda: the PyTorch paths in bf16 autocast + channels_last")
+    mod.add_argument("--timeout", type=float, default=1800, help="seconds allowed to one setting's process")
+    mod.add_argument("--out", default="runs/benchmark", help="folder for models.json and models.png")
+    mod.add_argument("--small", action="store_true",
+                     help="tiny settings for tests: width 0.35, inputs 64-96, batch 2, repeats 1")
     args = parser.parse_args(argv)
     if args.what == "memory":
         memory(args)
+    elif args.what == "models":
+        from vision_tasks.benchmark import models
+
+        for name in ("batch", "repeats", "threads"):
+            value = getattr(args, name)
+            if value is not None and value < (0 if name == "threads" else 1):
+                parser.error(f"--{name} must be positive, got {value}")
+        if args.small:
+            args.batch, args.repeats = args.batch or 2, 1
+        models(args)
     elif args.what == "train":
         from vision_tasks.train_benchmark import run
 
