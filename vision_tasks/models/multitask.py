@@ -328,7 +328,8 @@ class MultiTaskMobileNetV2(nn.Module):
         absent = [name for name in weights if name not in self.head_names]
         if absent:
             raise ValueError(f"loss weight(s) for {', '.join(absent)}, which this model does not have; its heads are "
-                             f"{', '.join(self.head_names)}")
+                             f"{', '.join(self.head_names)} (on the command line: "
+                             f"{' '.join('~task.loss_weights.' + name for name in absent)}, or task.loss_weights=null)")
         for name, value in weights.items():
             if not (isinstance(value, (int, float)) and 0 <= float(value) < float("inf")):
                 raise ValueError(f"the loss weight of {name} must be a finite number >= 0, got {value!r}")
