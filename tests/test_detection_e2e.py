@@ -57,7 +57,8 @@ def test_train_test_predict(tmp_path, env):
     assert {d["category_id"] for d in detections} <= {c["id"] for c in annotations["categories"]}
     assert all(len(d["bbox"]) == 4 and 0 <= d["score"] <= 1 for d in detections)
 
-    # predict.py: drawn PNGs at the images' own size and predictions.json; the inputs stay untouched
+    # predict.py: drawn PNGs (small images enlarged by a whole factor to a long side >= 384: 80 x 5) and
+    # predictions.json in the images' own pixels; the inputs stay untouched
     images = tmp_path / "images"
     images.mkdir()
     for i, path in enumerate(sorted(val_file.parent.parent.glob("val2017/*.png"))[:2]):
@@ -67,7 +68,7 @@ def test_train_test_predict(tmp_path, env):
     run_tool(["tools/predict.py", "task=detection", *DATA, f"ckpt_path={run_dir}/checkpoints/last.ckpt",
               f"input={images}", f"output={out}", "draw_threshold=0.0", f"hydra.run.dir={tmp_path / 'p'}"], env)
     assert sorted(p.name for p in out.iterdir()) == ["photo0.png", "photo1.png", "predictions.json"]
-    assert Image.open(out / "photo0.png").size == (80, 50)
+    assert Image.open(out / "photo0.png").size == (400, 250)
     records = json.loads((out / "predictions.json").read_text())
     assert [r["file"].endswith(f"photo{i}.jpg") for i, r in enumerate(records)] == [True, True]
     for record in records:

@@ -402,7 +402,8 @@ def test_train_from_two_sources_and_predict(tmp_path, env):
         assert {"detections", "class_fractions", "image_labels", "mask"} <= set(record)
         assert record["image_labels"]["class_names"] and len(record["image_labels"]["all_scores"]) == 8
         with Image.open(out / f"{stem}.png") as drawn:
-            assert drawn.width == size[1] and drawn.height >= size[0]  # the legend goes below the photo
+            factor = -(-384 // max(size))  # small images are drawn enlarged by a whole factor (predict.MIN_DRAW_SIDE)
+            assert drawn.width == size[1] * factor and drawn.height >= size[0] * factor  # the legend goes below
         with Image.open(out / f"{stem}_mask.png") as mask:
             assert (mask.height, mask.width) == size
 

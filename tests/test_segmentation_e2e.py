@@ -121,7 +121,7 @@ def test_train_test_mf_predict(tmp_path, env):
     assert sorted(p.name for p in out.iterdir()) == [
         "photo0.png", "photo0_mask.png", "photo1.png", "photo1_mask.png", "predictions.json"]
     overlay = Image.open(out / "photo0.png")  # the photo, then a legend naming each colour below it
-    assert overlay.width == 70 and overlay.height > 50
+    assert overlay.width == 70 * 6 and overlay.height > 50 * 6  # enlarged for drawing: 70 x 6 >= 384
     mask = Image.open(out / "photo0_mask.png")
     assert mask.mode == "P" and mask.size == (70, 50) and np.asarray(mask).max() < 9
     records = json.loads((out / "predictions.json").read_text())

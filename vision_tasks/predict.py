@@ -152,6 +152,26 @@ def _palette(n: int) -> list[tuple[int, int, int]]:
     return [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(i / max(1, n), 0.85, 1.0)) for i in range(n)]
 
 
+# pictures of small images (the synthetic defaults' 96-128 px) are drawn enlarged to at least this long side, so that
+# the labels and legend stay readable; the records keep the images' own pixels
+MIN_DRAW_SIDE = 384
+
+
+def _enlarged(image: np.ndarray, det: dict | None = None, mask: np.ndarray | None = None):
+    """``image`` (and its detections' boxes, its mask) scaled by a whole factor to a long side >= MIN_DRAW_SIDE
+    (pixel replication for the mask, bilinear for the image); unchanged when already that large."""
+    factor = -(-MIN_DRAW_SIDE // max(image.shape[:2]))  # ceil
+    if factor <= 1:
+        return image, det, mask
+    h, w = image.shape[:2]
+    image = np.asarray(Image.fromarray(image).resize((w * factor, h * factor), Image.BILINEAR))
+    if det is not None:
+        det = {**det, "boxes": det["boxes"] * factor}
+    if mask is not None:
+        mask = mask.repeat(factor, axis=0).repeat(factor, axis=1)
+    return image, det, mask
+
+
 def _classification(model: nn.Module, batch: torch.Tensor, images: list[np.ndarray], names: list[str]):
     probs = model(batch).softmax(dim=1)
     scores, labels = probs.topk(min(5, probs.shape[1]), dim=1)
@@ -167,7 +187,7 @@ def _detection(model: nn.Module, batch: torch.Tensor, images: list[np.ndarray], 
         record = {"boxes": [[round(v, 2) for v in b] for b in det["boxes"].tolist()],
                   "scores": [round(v, 5) for v in det["scores"].tolist()], "labels": det["labels"].tolist(),
                   "class_names": [names[i] for i in det["labels"].tolist()]}
-        yield record, draw_detections(image, det, names, score_thresh)
+        yield record, draw_detections(*_enlarged(image, det)[:2], names, score_thresh)
 
 
 def overlay_mask(image: np.ndarray, mask: np.ndarray, colormap: np.ndarray, alpha: float = 0.5) -> Image.Image:
@@ -194,7 +214,8 @@ def _segmentation(model: nn.Module, batch: torch.Tensor, images: list[np.ndarray
         legend = [(names[i], colormap[i], counts[i] / mask.size) for i in np.argsort(-counts) if counts[i] and i > 0]
         if counts[0]:  # class 0 is left uncoloured: a blank swatch, last, so that the legend is never empty
             legend.append((names[0], (255, 255, 255), counts[0] / mask.size))
-        drawn = draw_legend(overlay_mask(image, mask, colormap), legend)  # each colour of the overlay, named
+        big, _, big_mask = _enlarged(image, mask=mask)
+        drawn = draw_legend(overlay_mask(big, big_mask, colormap), legend)  # each colour of the overlay, named
         yield {"class_fractions": present}, (drawn, mask_image(mask, colormap))
 
 
@@ -207,7 +228,8 @@ def _multitask(model: nn.Module, batch: torch.Tensor, images: list[np.ndarray], 
     colormap = voc_colormap(256)
     for index, image in enumerate(images):
         record: dict[str, Any] = {}
-        picture = Image.fromarray(image)
+        big = _enlarged(image)[0]
+        picture = Image.fromarray(big)
         legend: list = []
         mask = None
         if "segmentation" in out:
@@ -219,14 +241,14 @@ def _multitask(model: nn.Module, batch: torch.Tensor, images: list[np.ndarray], 
             record["class_fractions"] = {seg_names[i]: round(float(counts[i]) / mask.size, 5)
                                          for i in np.flatnonzero(counts)}
             legend = [(seg_names[i], colormap[i], counts[i] / mask.size) for i in np.argsort(-counts) if counts[i] and i > 0]
-            picture = overlay_mask(image, mask, colormap)
+            picture = overlay_mask(big, _enlarged(image, mask=mask)[2], colormap)
         if "detection" in out:
             det = out["detection"][index]
             record["detections"] = {
                 "boxes": [[round(v, 2) for v in b] for b in det["boxes"].tolist()],
                 "scores": [round(v, 5) for v in det["scores"].tolist()], "labels": det["labels"].tolist(),
                 "class_names": [names[i] for i in det["labels"].tolist()]}
-            picture = draw_detections(np.asarray(picture), det, names, score_thresh)
+            picture = draw_detections(np.asarray(picture), _enlarged(image, det)[1], names, score_thresh)
         if "classification" in out:
             probs = out["classification"][index].sigmoid()
             order = probs.argsort(descending=True).tolist()
