@@ -346,3 +346,22 @@ def test_head_of_another_task_is_refused(tmp_path):
     path = _checkpoint(tmp_path, DeepLabV3MobileNetV2(num_classes=4, width_mult=WIDTH, output_stride=32), "segmentation")
     with pytest.raises(WeightsError, match=rf"{path} holds a DeepLabV3MobileNetV2, not a SSDLiteMobileNetV2"):
         _model(("detection",)).load_head("detection", path)
+
+
+def test_heads_from_single_head_joint_checkpoints_keep_their_options(tmp_path):
+    # "separate heads": two joint models with one head each (e.g. trained on one frozen backbone) combined into
+    # one; each head's options (num_classes, skip_feature) come from the joint file's "heads" entry
+    torch.manual_seed(0)
+    det = MultiTaskMobileNetV2({"detection": {"num_classes": 3}}, width_mult=WIDTH, output_stride=16)
+    seg = MultiTaskMobileNetV2({"segmentation": {"num_classes": 4, "skip_feature": "layer7"}}, width_mult=WIDTH,
+                               output_stride=16)
+    seg.load_backbone(det)  # the same backbone (seg needs fewer layers: layer19 is SSDLite's)
+    joint = MultiTaskMobileNetV2.from_single_task(
+        {"detection": _checkpoint(tmp_path, det, "multitask"), "segmentation": _checkpoint(tmp_path / "..", seg, "multitask")},
+        backbone="detection")
+    assert joint.output_stride == 16 and joint.config["heads"]["segmentation"]["skip_feature"] == "layer7"
+    images = _images()
+    with torch.no_grad():
+        out = joint.eval()(images)
+        torch.testing.assert_close(out["segmentation"], seg.eval()(images)["segmentation"])
+        _assert_same_detections(out["detection"], det.eval()(images)["detection"])

@@ -483,6 +483,8 @@ class MultiTaskMobileNetV2(nn.Module):
         for head in HEADS:
             if head in read:
                 config = read[head].config or {}
+                if read[head].model_class == cls.__name__:  # a joint model: the head's options are under "heads"
+                    config = {**config, **((config.get("heads") or {}).get(head) or {})}
                 known = head_defaults(head)
                 options[head] = {k: v for k, v in config.items() if k in known}
                 options[head].update(extra_given.get(head) or {})
