@@ -64,6 +64,10 @@ WAIT_POLICY = "PASSIVE"
 
 
 # ----------------------------------------------------------------------------------------------- the models
+# the joint model's layout: that of the default joint run (configs/datamodule/multitask_synthetic.yaml)
+JOINT = {"output_stride": 16, "skip_feature": "layer7"}
+
+
 def build(name: str, size: int, width: float):
     """The model ``name`` in eval mode, random init (seed :data:`SEED`), taking [0, 1] images of ``size``."""
     import torch
@@ -84,8 +88,8 @@ def build(name: str, size: int, width: float):
         heads = {"classification": {"num_classes": CLASSES["classification"]},
                  "detection": {"num_classes": CLASSES["detection"], "image_size": size,
                                "score_thresh": DETECTION_SCORE_THRESH},
-                 "segmentation": {"num_classes": CLASSES["segmentation"], "skip_feature": "layer14"}}
-        return multitask_mobilenet_v2(heads=heads, width_mult=width, output_stride=32).eval()
+                 "segmentation": {"num_classes": CLASSES["segmentation"], "skip_feature": JOINT["skip_feature"]}}
+        return multitask_mobilenet_v2(heads=heads, width_mult=width, output_stride=JOINT["output_stride"]).eval()
     return _peer(name, size).eval()
 
 
