@@ -121,9 +121,9 @@ def _env() -> dict[str, str]:
 
 
 def _device() -> str:
-    import platform
+    from vision_tasks.benchmark import device_name
 
-    return f"CPU {platform.processor() or platform.machine()}"
+    return device_name("cpu")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -302,6 +302,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """In a fresh process: one (model, path)'s batch-1 latency, throughput and peak memory."""
     import torch
 
+    from .stats import count_params
+
     torch.set_num_threads(spec["threads"])
     notes: list[str] = []
     row: dict[str, Any] = {k: spec[k] for k in ("model", "family", "task", "path", "size", "batch", "width")}
@@ -309,7 +311,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     model = None
     if spec["path"] != "tflite":
         model = build(spec["model"], spec["size"], spec["width"])
-        row["params"] = sum(p.numel() for p in model.parameters())
+        row["params"] = count_params(model)
     generator = torch.Generator().manual_seed(SEED)
     images = torch.rand(spec["batch"], 3, spec["size"], spec["size"], generator=generator)
     convert, run = _runner(spec, model, notes)

@@ -46,6 +46,8 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .stats import count_params
+
 __all__ = ["TASKS", "SMALL", "Setup", "build", "bare_loss", "bare_optimizer", "bare_step", "lightning_trainer",
            "measure_task", "one_step_parity"]
 
@@ -339,7 +341,7 @@ def _setting(setup: Setup) -> dict[str, Any]:
         "optimizer": str(optimizer._target_).rsplit(".", 1)[-1], "lr": float(optimizer.lr),
         "scheduler": str(cfg.task.scheduler._target_).rsplit(".", 1)[-1] if cfg.task.get("scheduler") else None,
         "channels_last": bool(cfg.get("channels_last")),
-        "parameters": sum(p.numel() for p in setup.bare_model.parameters()),
+        "parameters": count_params(setup.bare_model),
     }
 
 
@@ -445,12 +447,12 @@ def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
 def run(tasks: Sequence[str], steps: int, warmup: int, chunk: int, out: Path, threads: int | None = None,
         small: bool = False, overrides: Sequence[str] = ()) -> dict:
     """``tools/benchmark.py train``: measure each task, print, write ``train.json`` and ``train.png``."""
-    import platform
+    from .benchmark import device_name
 
     if threads:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
-    device = f"CPU {platform.processor() or platform.machine()}"
+    device = device_name("cpu")
     results = []
     for name in tasks:
         start = time.perf_counter()
