@@ -104,8 +104,11 @@ class DeepLabV3Head(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         pooled = self.image_pooling(x)
-        # TF resizes the 1x1 map bilinearly (corners aligned): every position gets the pooled vector.
-        branches = [pooled.expand(-1, -1, *x.shape[-2:]), self.aspp0(x), *(branch(x) for branch in self.aspp)]
+        # TF resizes the 1x1 map bilinearly (corners aligned): every position gets the pooled vector. As a resize
+        # (torchvision's ASPPPooling does the same), not an expand or repeat: litert-torch 0.10 converts those with
+        # shapes that miss its NCHW -> NHWC layout change, and the LiteRT file fails to load or to convert.
+        size = tuple(int(s) for s in x.shape[-2:])
+        branches = [F.interpolate(pooled, size=size, mode="bilinear", align_corners=True), self.aspp0(x), *(branch(x) for branch in self.aspp)]
         return self.classifier(self.dropout(self.projection(torch.cat(branches, dim=1))))
 
 

@@ -153,8 +153,8 @@ def test_exports_carry_their_metadata(exported):
 
 def test_bad_requests_are_refused_and_nothing_is_overwritten(models, tmp_path):
     model = models["classification"]
-    with pytest.raises(ValueError, match="format='tflite' is not an export format; choose one of: onnx, pt2"):
-        export_model(model, tmp_path / "m.tflite", "tflite")
+    with pytest.raises(ValueError, match="format='tf' is not an export format; choose one of: onnx, pt2, tflite"):
+        export_model(model, tmp_path / "m.tf", "tf")
     existing = tmp_path / "mine.onnx"
     existing.write_bytes(b"the user's file")
     for fmt in ("onnx", "pt2"):  # refused before anything is exported or imported
@@ -215,8 +215,8 @@ def test_export_config_takes_a_converted_weight_file_and_says_what_is_wrong(mode
     out = export(_compose("task=segmentation", f"weights={weights}", "format=pt2", f"out={tmp_path / 'seg'}",
                           f"image_size={SIZE}"))
     assert out == tmp_path / "seg.pt2" and out.is_file()
-    with pytest.raises(ValueError, match="format=tflite is not an export format; choose one of: onnx, pt2"):
-        export(_compose("task=segmentation", f"weights={weights}", "format=tflite", f"out={tmp_path / 'x'}"))
+    with pytest.raises(ValueError, match="format=tf is not an export format; choose one of: onnx, pt2, tflite"):
+        export(_compose("task=segmentation", f"weights={weights}", "format=tf", f"out={tmp_path / 'x'}"))
     with pytest.raises(ValueError, match="holds a segmentation model, but task=detection"):
         export(_compose("task=detection", f"weights={weights}", f"out={tmp_path / 'x'}"))
     with pytest.raises(ValueError, match="needs out=FILE"):
