@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -58,6 +59,22 @@ def test_models_small_joint_against_the_sum(env, tmp_path):
     assert eager["latency_vs_sum"] == pytest.approx(joint["latency_ratio"])
     assert eager["detections_per_image"] == 0  # random init, the shared score threshold: no NMS work
     assert "issue 14" in proc.stdout
+
+
+@pytest.mark.skipif(importlib.util.find_spec("litert_torch") is None, reason="needs litert-torch (the litert extra)")
+def test_models_small_litert_paths_run_ours_with_the_nms_on_the_host(env, tmp_path):
+    out = tmp_path / "bench"
+    proc = run_tool(["tools/benchmark.py", "models", "--small", "--tasks", "detection", "--paths", "litert",
+                     "litert_int8", "--no-peers", "--threads", "1", "--out", str(out)], env, timeout=900)
+    record, rows, _ = _rows(out)
+    assert sorted(r["path"] for r in rows) == ["litert", "litert_int8"] and record["ai_edge_litert"]
+    for row in rows:
+        assert "skipped" not in row, row
+        assert row["model"] == "ssdlite_mobilenet_v2" and row["latency_ms"] > 0 and row["throughput"] > 0
+        assert row["detections_per_image"] == 0  # the host's select_detections ran (its count read)
+        assert "NMS on the host" in row["notes"] and "one invoke per image" in "; ".join(row["notes"])
+    assert "int8 (ai-edge-quantizer)" in "; ".join(next(r for r in rows if r["path"] == "litert_int8")["notes"])
+    assert "litert_int8" in proc.stdout
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")

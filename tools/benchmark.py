@@ -11,11 +11,11 @@ allocator. The time is the median of a few forwards. The results are printed as 
 ``splits=1``) and written to ``DIR/memory_efficient.json`` and ``DIR/memory_efficient.png``.
 
     python tools/benchmark.py models [--tasks classification detection segmentation multitask]
-        [--paths eager channels_last compile onnx onnx_int8 tflite] [--peers/--no-peers] [--tflite-dir DIR]
+        [--paths eager channels_last compile onnx onnx_int8 litert litert_int8 tflite] [--peers/--no-peers] [--tflite-dir DIR]
         [--batch N] [--repeats N] [--threads N] [--device cpu|cuda] [--out DIR] [--small]
 
 ``models``: batch-1 latency, throughput and peak memory of our task models (random init, the issue's sizes) per
-path (PyTorch eager / channels_last / torch.compile, ONNX Runtime float / int8, the authors' int8 TFLite
+path (PyTorch eager / channels_last / torch.compile, ONNX Runtime float / int8, LiteRT float / int8, the authors' int8 TFLite
 releases in LiteRT), beside torchvision's MobileNetV3 peers, each setting in a fresh process; the joint model
 against the sum of the three single-task models. Table, ``DIR/models.json``, ``DIR/models.png``
 (``vision_tasks.benchmark`` has the details).

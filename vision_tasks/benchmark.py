@@ -13,7 +13,10 @@ Every (model, path) is measured in a fresh subprocess, one after another, on the
 Paths: ``eager``; ``channels_last`` (model and inputs); ``compile`` (``torch.compile``, compiled before the
 timings); ``onnx`` (ONNX Runtime, the export of :func:`vision_tasks.export.export_onnx`, made in its own process
 beforehand); ``onnx_int8`` (:func:`vision_tasks.export.quantize_onnx` of it, calibrated on 16 random images);
-``tflite`` (the authors' int8 releases in the LiteRT interpreter, at their own input sizes).
+``litert`` (LiteRT, the export of :func:`vision_tasks.export.export_litert`, batch 1: a batch is as many invokes;
+a detector's NMS on the host, as :func:`vision_tasks.export.check_export` runs it); ``litert_int8``
+(:func:`vision_tasks.export.quantize_litert` of it, calibrated on 16 random images); ``tflite`` (the authors' int8
+releases in the LiteRT interpreter, at their own input sizes).
 
 Detection: random weights give every class a score of about 1 / (classes + 1), so with the models' default
 thresholds (0.01 and 0.001) every anchor of every class would enter NMS, a cost of untrained weights. Both
@@ -39,7 +42,7 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[1]
 
 TASKS = ("classification", "detection", "segmentation", "multitask")
-PATHS = ("eager", "channels_last", "compile", "onnx", "onnx_int8", "tflite")
+PATHS = ("eager", "channels_last", "compile", "onnx", "onnx_int8", "litert", "litert_int8", "tflite")
 PEER_PATHS = ("eager", "onnx")  # torchvision's models: eager and ONNX Runtime (issue 13)
 TORCH_PATHS = ("eager", "channels_last", "compile")
 OURS = {"classification": "mobilenet_v2", "detection": "ssdlite_mobilenet_v2",
@@ -160,12 +163,13 @@ class _Network:
         return model
 
 
-NETWORK_ONLY = {"tv_ssdlite320_mobilenet_v3_large": "ONNX: backbone + head only (its postprocess cannot be exported)",
-                "multitask_mobilenet_v2": "ONNX: the three heads' outputs, detection without decoding/NMS"}
+NETWORK_ONLY = {"tv_ssdlite320_mobilenet_v3_large": "backbone + head only (its postprocess cannot be exported)",
+                "multitask_mobilenet_v2": "the three heads' outputs, detection without decoding/NMS"}
 
 
 def prepare(spec: dict[str, Any]) -> dict[str, Any]:
-    """In its own process: the float ONNX export of ``spec['model']`` and, if asked, its int8 quantization."""
+    """In its own process: the float ONNX (or LiteRT) export of ``spec['model']`` and, if asked, its int8
+    quantization."""
     import torch
 
     from .export import _dynamic_batch, _example, _quiet, export_onnx, exportable, quantize_onnx
@@ -173,6 +177,8 @@ def prepare(spec: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(spec["threads"])
     name, size = spec["model"], spec["size"]
     model = build(name, size, spec["width"])
+    if spec.get("runtime") == "litert":
+        return _prepare_litert(spec, name, size, model)
     float_path, int8_path = Path(spec["onnx"]), Path(spec["onnx_int8"])
     start = time.perf_counter()
     if name in OURS.values() and name != OURS["multitask"]:
@@ -190,6 +196,32 @@ def prepare(spec: dict[str, Any]) -> dict[str, Any]:
         start = time.perf_counter()
         calibration = torch.rand(spec["calibration"], 3, size, size, generator=torch.Generator().manual_seed(SEED + 1))
         quantize_onnx(float_path, int8_path, calibration)
+        result["quantize_s"] = time.perf_counter() - start
+    return result
+
+
+def _prepare_litert(spec: dict[str, Any], name: str, size: int, model) -> dict[str, Any]:
+    import torch
+
+    from .export import _example, _litert_quiet, _quiet, export_litert, exportable, quantize_litert
+    from .files import atomic_write
+
+    float_path, int8_path = Path(spec["litert"]), Path(spec["litert_int8"])
+    start = time.perf_counter()
+    if name in OURS.values() and name != OURS["multitask"]:
+        export_litert(exportable(model, size), float_path, image_size=size)
+    else:
+        import litert_torch
+
+        module = _Network.wrap(name, model)
+        with torch.no_grad(), _quiet(), _litert_quiet():
+            content = litert_torch.convert(module, (_example((size, size), module)[:1],)).model_content()
+        atomic_write(float_path, content)
+    result = {"export_s": time.perf_counter() - start}
+    if spec.get("int8"):
+        start = time.perf_counter()
+        calibration = torch.rand(spec["calibration"], 3, size, size, generator=torch.Generator().manual_seed(SEED + 1))
+        quantize_litert(float_path, int8_path, calibration)
         result["quantize_s"] = time.perf_counter() - start
     return result
 
@@ -250,6 +282,11 @@ def _runner(spec: dict[str, Any], model, notes: list[str]) -> tuple[Callable, Ca
         session = ort.InferenceSession(spec[path], options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         return (lambda x: x.numpy()), (lambda x: session.run(None, {name: x}))
+    if path in ("litert", "litert_int8"):
+        from .export import _runner as export_runner
+
+        run = export_runner(Path(spec[path]), num_threads=spec["threads"])  # batch 1: one invoke per image
+        return (lambda x: x), run
     if path == "tflite":
         from ai_edge_litert.interpreter import Interpreter
 
@@ -429,18 +466,22 @@ def run_models(args) -> dict[str, Any]:
                 spec["tflite"] = str(tflite_dir / spec["model"])
                 if not Path(spec["tflite"]).is_file():
                     note = f"skipped: {spec['tflite']} not found (--tflite-dir)"
-            elif spec["path"] in ("onnx", "onnx_int8"):
-                key = f"{spec['model']}@{spec['size']}"
+            elif spec["path"] in ("onnx", "onnx_int8", "litert", "litert_int8"):
+                runtime = spec["path"].removesuffix("_int8")
+                key = f"{spec['model']}@{spec['size']}:{runtime}"
                 if key not in prepared:
-                    stem = Path(tmp) / key.replace("@", "_")
-                    want_int8 = any(s["model"] == spec["model"] and s["path"] == "onnx_int8" for s in settings)
-                    prep = {**spec, "prepare": True, "onnx": f"{stem}.onnx", "onnx_int8": f"{stem}.int8.onnx",
+                    stem = Path(tmp) / f"{spec['model']}_{spec['size']}"
+                    suffix = ".onnx" if runtime == "onnx" else ".tflite"
+                    want_int8 = any(s["model"] == spec["model"] and s["path"] == f"{runtime}_int8" for s in settings)
+                    prep = {**spec, "prepare": True, "runtime": runtime, runtime: f"{stem}{suffix}",
+                            f"{runtime}_int8": f"{stem}.int8{suffix}",
                             "int8": want_int8, "calibration": 4 if args.small else CALIBRATION_IMAGES}
-                    print(f"exporting {key} to ONNX{' + int8' if want_int8 else ''} ...", flush=True)
-                    prepared[key] = {**_subprocess(prep, args.timeout), "onnx": prep["onnx"],
-                                     "onnx_int8": prep["onnx_int8"]}
+                    print(f"exporting {spec['model']}@{spec['size']} to {'ONNX' if runtime == 'onnx' else 'LiteRT'}"
+                          f"{' + int8' if want_int8 else ''} ...", flush=True)
+                    prepared[key] = {**_subprocess(prep, args.timeout), runtime: prep[runtime],
+                                     f"{runtime}_int8": prep[f"{runtime}_int8"]}
                 info = prepared[key]
-                spec.update(onnx=info["onnx"], onnx_int8=info["onnx_int8"])
+                spec.update({runtime: info[runtime], f"{runtime}_int8": info[f"{runtime}_int8"]})
                 if "error" in info or not Path(spec[spec["path"]]).is_file():
                     note = f"skipped: export failed ({info.get('error', 'no file')})"
             label = f"{spec['model']} {spec['path']} {spec['size']}px"
@@ -455,12 +496,20 @@ def run_models(args) -> dict[str, Any]:
                            "skipped": f"skipped: failed ({row['error']})"}
             if spec.get("role"):
                 row["role"] = spec["role"]
-            if spec["path"] in ("onnx", "onnx_int8") and spec["model"] in NETWORK_ONLY and "skipped" not in row:
+            if spec["path"] in ("onnx", "onnx_int8", "litert", "litert_int8") and spec["model"] in NETWORK_ONLY \
+                    and "skipped" not in row:
                 row.setdefault("notes", []).append(NETWORK_ONLY[spec["model"]])
             if spec["path"] == "tflite":
                 row.setdefault("notes", []).append(f"int8 release at its own input {spec['size']}")
             if spec["path"] == "onnx_int8" and "skipped" not in row:
                 row["notes"].append(f"QDQ int8 calibrated on {4 if args.small else CALIBRATION_IMAGES} random images")
+            if spec["path"] in ("litert", "litert_int8") and "skipped" not in row:
+                row.setdefault("notes", []).append("batch 1 graph: a batch is one invoke per image")
+                if spec["path"] == "litert_int8":
+                    row["notes"].append(f"int8 (ai-edge-quantizer) calibrated on "
+                                        f"{4 if args.small else CALIBRATION_IMAGES} random images")
+                if spec["model"] == OURS["detection"]:
+                    row["notes"].append("NMS on the host")
             rows.append(row)
     record = {"device": device_name(args.device), "threads": args.threads, "torch": torch.__version__,
               "onnxruntime": _version("onnxruntime"), "ai_edge_litert": _version("ai_edge_litert"),
