@@ -857,8 +857,10 @@ def export(cfg: Any) -> Path:
         metadata["category_ids"] = getattr(model, "category_ids", None)
     module = exportable(model, size)
     export_model(module, out, fmt, image_size=size, metadata=metadata)
-    print(f"wrote {out.resolve()} ({fmt}, task={task_name}, input ({1 if fmt == 'tflite' else 'N'}, 3, {', '.join(map(str, input_size(module, size)))}) "
-          f"float in [0, 1]; outputs: {', '.join(output_names(task_name))})")
+    outputs = _litert_outputs(task_name) if fmt == "tflite" else output_names(task_name)
+    shape = ", ".join(map(str, (1 if fmt == "tflite" else "N", 3, *input_size(module, size))))
+    print(f"wrote {out.resolve()} ({fmt}, task={task_name}, input ({shape}) float in [0, 1]; "
+          f"outputs: {', '.join(outputs)})")
     if int8:
         calibration = load_check_images(cfg.calibration_images, input_size(module, size),
                                         int(cfg.get("calibration_limit") or 300))
