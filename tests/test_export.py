@@ -130,7 +130,7 @@ def test_softmax_detector_and_another_export_size(tmp_path):
     """The score conversion follows the model (softmax here), and the anchors follow the export size."""
     model = tiny_detector("softmax")
     wrapper = ExportableDetector(model, image_size=(64, 96))
-    assert wrapper.anchors.shape == model.forward_head(torch.zeros(1, 3, 64, 96))["anchors"].shape
+    assert wrapper.post.anchors.shape == model.forward_head(torch.zeros(1, 3, 64, 96))["anchors"].shape
     path = export_program(model, tmp_path / "det.pt2", image_size=(64, 96))
     images = F.interpolate(_images(3), size=(64, 96), mode="nearest")
     report = check_export(path, model, images, batch_size=3)
@@ -223,3 +223,44 @@ def test_export_config_takes_a_converted_weight_file_and_says_what_is_wrong(mode
         export(_compose("task=segmentation", f"weights={weights}"))
     with pytest.raises(FileExistsError, match="never writes over"):
         export(_compose("task=segmentation", f"weights={weights}", "format=pt2", f"out={out}"))
+
+
+def tiny_joint() -> torch.nn.Module:
+    """The joint model with all three heads, tiny, its detector finding 2-20 objects per image (as tiny_detector)."""
+    from vision_tasks.models import multitask_mobilenet_v2
+
+    torch.manual_seed(0)
+    model = multitask_mobilenet_v2(
+        heads={"classification": {"num_classes": 5},
+               "detection": {"num_classes": 3, "image_size": SIZE, "score_thresh": 0.2, "detections_per_img": LIMIT},
+               "segmentation": {"num_classes": 4, "skip_feature": "layer7"}},
+        width_mult=0.35, output_stride=16, bn_momentum=1.0, padding="tf_same")
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = 1.0
+    with torch.no_grad():
+        model.train()(torch.rand(8, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2)))
+        for predictor in model.detection.head.classification_head:
+            predictor[1].bias.fill_(-2.0)
+    return model.eval()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_the_joint_model_exports_as_one_graph_with_every_head(tmp_path, fmt):
+    """One backbone pass, the heads' outputs in a flat tuple (classification logits, the detector's four padded
+    outputs, segmentation logits), each matching the eager joint model as the single-task exports do."""
+    from vision_tasks.export import ExportableMultiTask, _runner, output_names
+
+    model = tiny_joint()
+    path = export_model(model, tmp_path / f"joint.{fmt}", fmt, image_size=SIZE)
+    assert output_names(ExportableMultiTask(model)) == ["classification_logits", *DETECTION_OUTPUTS,
+                                                         "segmentation_logits"]
+    images = _images(5)
+    cls, boxes, scores, labels, count, seg = _runner(path)(images[:3])
+    assert cls.shape == (3, 5) and boxes.shape == (3, LIMIT, 4) and count.shape == (3,) and seg.shape == (3, 4, SIZE, SIZE)
+    report = check_export(path, model, images, batch_size=2)
+    assert report["ok"] and report["task"] == "multitask", report
+    assert report["classification"]["max_abs_diff"] <= 1e-4 and report["segmentation"]["max_abs_diff"] <= 1e-4
+    det = report["detection"]
+    assert det["detections_eager>=0.3"] > 0 and det["images_count_equal"] == 5, det  # not vacuous
+    assert det["unmatched_eager"] == det["unmatched_exported"] == 0

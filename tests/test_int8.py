@@ -153,6 +153,10 @@ def test_export_config_int8_says_what_is_missing(tmp_path):
     with pytest.raises(ValueError, match=r"int8=true quantizes ONNX .* and LiteRT .* exports; format=pt2 has no int8"):
         export(_compose("task=classification", "weights=x.safetensors", "format=pt2", "int8=true",
                         f"calibration_images={tmp_path}", f"out={tmp_path / 'm'}"))
+    with pytest.raises(ValueError, match="calibration_method=entropy: format=tflite calibrates with one of minmax, "
+                                         "moving_average"):
+        export(_compose("task=classification", "weights=x.safetensors", "format=tflite", "int8=true",
+                        "calibration_method=entropy", f"calibration_images={tmp_path}", f"out={tmp_path / 'm'}"))
     with pytest.raises(ValueError, match="int8=true needs calibration_images=DIR"):
         export(_compose("task=classification", "weights=x.safetensors", "int8=true", f"out={tmp_path / 'm'}"))
     (tmp_path / "m.int8.onnx").write_bytes(b"the user's file")  # the int8 sibling is refused before anything runs

@@ -147,3 +147,18 @@ def test_litert_refuses_to_overwrite_and_says_what_is_wrong(models, exported, tm
     with pytest.raises(ValueError, match=r"\['CONVOLUTION'\] are not ai-edge-quantizer operation names"):
         quantize_litert(exported("classification"), tmp_path / "x.tflite", _images(2), op_types=["CONVOLUTION"])
     assert not (tmp_path / "x.tflite").exists()
+
+
+def test_the_joint_model_exports_to_litert_with_its_nms_on_the_host(tmp_path):
+    from test_export import tiny_joint
+
+    model = tiny_joint()
+    path = export_litert(model, tmp_path / "joint.tflite", image_size=SIZE, metadata={"class_names": None})
+    meta = read_metadata(path)
+    assert meta["task"] == "multitask" and meta["heads"] == ["classification", "detection", "segmentation"]
+    assert meta["outputs"] == ["classification_logits", "boxes", "scores", "labels", "segmentation_logits"]
+    assert meta["postprocess"]["num_classes"] == 3
+    report = check_export(path, model, _images(3), batch_size=2)
+    assert report["ok"], report
+    assert report["detection"]["detections_eager>=0.3"] > 0 and report["detection"]["images_count_equal"] == 3
+    assert report["classification"]["max_abs_diff"] <= 1e-4 and report["segmentation"]["max_abs_diff"] <= 1e-4

@@ -149,23 +149,10 @@ class _Network:
                     return out["cls_logits"], out["bbox_regression"]
 
             return SSDNetwork(model).eval()
-        if name == "multitask_mobilenet_v2":
-            class JointNetwork(nn.Module):  # exportable() knows the single-task models only
-                def __init__(self, joint) -> None:
-                    super().__init__()
-                    self.joint = joint
-
-                def forward(self, x):
-                    out = self.joint.forward_heads(x)
-                    det = out["detection"]
-                    return out["classification"], det["cls_logits"], det["bbox_regression"], out["segmentation"]
-
-            return JointNetwork(model).eval()
         return model
 
 
-NETWORK_ONLY = {"tv_ssdlite320_mobilenet_v3_large": "backbone + head only (its postprocess cannot be exported)",
-                "multitask_mobilenet_v2": "the three heads' outputs, detection without decoding/NMS"}
+NETWORK_ONLY = {"tv_ssdlite320_mobilenet_v3_large": "backbone + head only (its postprocess cannot be exported)"}
 
 
 def prepare(spec: dict[str, Any]) -> dict[str, Any]:
@@ -182,7 +169,7 @@ def prepare(spec: dict[str, Any]) -> dict[str, Any]:
         return _prepare_litert(spec, name, size, model)
     float_path, int8_path = Path(spec["onnx"]), Path(spec["onnx_int8"])
     start = time.perf_counter()
-    if name in OURS.values() and name != OURS["multitask"]:
+    if name in OURS.values():  # the whole inference (a detector's decoding and NMS; the joint model's three heads)
         export_onnx(exportable(model, size), float_path, image_size=size)
     else:
         import onnx
@@ -209,7 +196,7 @@ def _prepare_litert(spec: dict[str, Any], name: str, size: int, model) -> dict[s
 
     float_path, int8_path = Path(spec["litert"]), Path(spec["litert_int8"])
     start = time.perf_counter()
-    if name in OURS.values() and name != OURS["multitask"]:
+    if name in OURS.values():
         export_litert(exportable(model, size), float_path, image_size=size)
     else:
         import litert_torch
@@ -509,7 +496,7 @@ def run_models(args) -> dict[str, Any]:
                 if spec["path"] == "litert_int8":
                     row["notes"].append(f"int8 (ai-edge-quantizer) calibrated on "
                                         f"{4 if args.small else CALIBRATION_IMAGES} random images")
-                if spec["model"] == OURS["detection"]:
+                if spec["model"] in (OURS["detection"], OURS["multitask"]):
                     row["notes"].append("NMS on the host")
             rows.append(row)
     record = {"device": device_name(args.device), "threads": args.threads, "torch": torch.__version__,
