@@ -654,7 +654,8 @@ def export_litert(model: nn.Module, path: str | os.PathLike, *, image_size: int 
     Classification and segmentation: ``logits``. Detection: :class:`DetectionCandidates`, the network, scores and
     decoded boxes up to the best ``candidates_per_image`` (anchor, class) pairs, ``boxes (1, m, 4)``,
     ``scores (1, m)``, ``labels (1, m)`` (int32); the score threshold, NMS and padding run on the host
-    (:meth:`ExportableDetector.select`), since LiteRT has no NMS a PyTorch graph converts to. The
+    (:func:`select_detections`, with the settings in the metadata's ``postprocess``), since LiteRT has no NMS a
+    PyTorch graph converts to. The joint model: its heads' outputs in order, the detection as those three. The
     ``vision_tasks`` metadata entry of the file says this (:func:`read_metadata`). An existing ``path`` is
     refused; the file is written atomically.
     """
