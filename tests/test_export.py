@@ -264,3 +264,48 @@ def test_the_joint_model_exports_as_one_graph_with_every_head(tmp_path, fmt):
     det = report["detection"]
     assert det["detections_eager>=0.3"] > 0 and det["images_count_equal"] == 5, det  # not vacuous
     assert det["unmatched_eager"] == det["unmatched_exported"] == 0
+
+
+def test_an_exported_detector_scores_map_1_on_its_own_detections(tmp_path, env):
+    """evaluate_detections (tools/eval_export.py) on a COCO folder whose ground truth is the eager model's own
+    confident detections, scaled to photos of another size: the export finds them all first, so its mAP is 1.0;
+    a file without boxes is refused."""
+    from PIL import Image
+
+    from vision_tasks.export import evaluate_detections, load_check_images
+
+    model = tiny_detector()
+    path = export_model(model, tmp_path / "det.pt2", "pt2", image_size=SIZE,
+                        metadata={"category_ids": [11, 22, 33]})
+    photos = tmp_path / "val"
+    photos.mkdir()
+    w, h = 96, 80  # the photos on disk: another size than the export's 64 x 64
+    for i, image in enumerate(_images(4, seed=5)):
+        big = F.interpolate(image[None], size=(h, w), mode="nearest")[0]
+        Image.fromarray((big.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(photos / f"{i}.png")
+    # the ground truth: the eager model's confident detections on the photos resized as the evaluation resizes them
+    with torch.no_grad():
+        eager = model(load_check_images(photos, (SIZE, SIZE)))
+    images, annotations = [], []
+    for i, det in enumerate(eager):
+        images.append({"id": i + 1, "file_name": f"{i}.png", "width": w, "height": h})
+        for box, score, label in zip(det["boxes"], det["scores"], det["labels"]):
+            if score < 0.3:
+                continue
+            x0, y0, x1, y1 = (box * torch.tensor([w / SIZE, h / SIZE] * 2)).tolist()
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": [11, 22, 33][int(label)],
+                                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
+    assert len(annotations) >= 4
+    coco = tmp_path / "instances_val.json"
+    coco.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": c, "name": f"c{c}"} for c in (11, 22, 33)]}))
+    scores = evaluate_detections(path, coco, photos)
+    assert scores["images"] == 4 and scores["map"] == pytest.approx(1.0, abs=1e-3), scores
+    out = tmp_path / "map.json"
+    proc = run_tool(["tools/eval_export.py", str(path), "--images", str(photos), "--annotations", str(coco),
+                     "--out", str(out)], env, timeout=300)
+    assert "map_50" in proc.stdout and json.loads(out.read_text())[str(path)]["map"] == pytest.approx(scores["map"])
+    classifier = export_program(mobilenet_v2_classifier(num_classes=3, width_mult=0.35).eval(), tmp_path / "c.pt2",
+                                image_size=SIZE)
+    with pytest.raises(ValueError, match="not a detector's export"):
+        evaluate_detections(classifier, coco, photos)

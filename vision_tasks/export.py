@@ -52,9 +52,9 @@ from .models import DeepLabV3MobileNetV2, MobileNetV2Classifier, MultiTaskMobile
 log = logging.getLogger(__name__)
 
 __all__ = ["DETECTION_OUTPUTS", "FORMATS", "DetectionCandidates", "DetectionPostprocess", "ExportableDetector",
-           "ExportableMultiTask", "check_export", "export_litert",
-           "export_model", "export_onnx", "export_program", "exportable", "input_size", "int8_path",
-           "load_check_images", "quantize_litert", "quantize_onnx", "read_metadata", "select_detections", "task_of"]
+           "ExportableMultiTask", "check_export", "evaluate_detections", "export_litert", "export_model", "export_onnx",
+           "export_program", "exportable", "input_size", "int8_path", "load_check_images", "quantize_litert",
+           "quantize_onnx", "read_metadata", "select_detections", "task_of"]
 
 FORMATS: dict[str, str] = {"onnx": ".onnx", "pt2": ".pt2", "tflite": ".tflite"}
 DETECTION_OUTPUTS = ("boxes", "scores", "labels", "num_detections")
@@ -947,6 +947,61 @@ class _DetectionCheck:
                 "agreement_iou0.5": 2 * det["paired_iou0.5"] / max(det["eager"] + det["exported"], 1),
                 "ok": (det["count_equal"] == images and det["padding_ok"] == images and det["unmatched_eager"] == 0
                        and det["unmatched_exported"] == 0)}
+
+
+def evaluate_detections(path: str | os.PathLike, annotation_file: str | os.PathLike, image_dir: str | os.PathLike, *,
+                        batch_size: int = 8, limit: int | None = None) -> dict[str, float]:
+    """COCO box mAP of an exported detector (or joint model) on a COCO folder: each image of ``annotation_file``
+    (at most ``limit``) resized to the export's size as :func:`load_check_images` does, run in the file's runtime
+    (a LiteRT file with its NMS on the host), its boxes scaled back to the image and scored with torchmetrics'
+    COCO mAP (pycocotools), as ``tools/test.py`` scores the PyTorch model. The labels are matched to the dataset by
+    the export's ``category_ids`` (its metadata; ``tools/export.py`` writes them) or, lacking them, as the
+    dataset's sorted categories. Returns ``map``, ``map_50``, ... (:data:`~vision_tasks.tasks.detection.MAP_KEYS`)
+    and ``images``."""
+    import torch.nn.functional as F
+
+    from .data import load_rgb
+    from .data.formats.coco import read_coco
+    from .tasks.detection import MAP_KEYS, map_metric
+
+    path = Path(path)
+    meta = read_metadata(path)
+    outputs = meta.get("outputs", [])
+    if "boxes" not in outputs:
+        raise ValueError(f"{path}: not a detector's export (its outputs are {outputs}); mAP needs boxes")
+    first = outputs.index("boxes")
+    data = read_coco(annotation_file, image_dir)
+    model_ids = meta.get("category_ids") or None
+    if model_ids is None:
+        num_classes = (meta.get("postprocess") or {}).get("num_classes")
+        if num_classes not in (None, len(data.category_ids)):
+            raise ValueError(f"{path} has {num_classes} classes and no category_ids in its metadata; "
+                             f"{annotation_file} has {len(data.category_ids)} categories: no way to match them")
+        model_ids = data.category_ids
+    height, width = (int(s) for s in meta["input"]["shape"][-2:])
+    run = _runner(path)
+    metric = map_metric()
+    records = data.records[:limit]
+    for start in range(0, len(records), batch_size):
+        chunk = records[start:start + batch_size]
+        batch = torch.cat([F.interpolate(torch.from_numpy(load_rgb(r.path)).permute(2, 0, 1).float().div(255)[None],
+                                         size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+                           for r in chunk]).clamp(0, 1)
+        boxes, scores, labels, count = run(batch)[first:first + 4]
+        preds, targets = [], []
+        for i, record in enumerate(chunk):
+            n = int(count[i])
+            scale = boxes.new_tensor([record.width / width, record.height / height] * 2)
+            preds.append({"boxes": boxes[i, :n].float() * scale, "scores": scores[i, :n].float(),
+                          "labels": torch.tensor([model_ids[int(label)] for label in labels[i, :n]], dtype=torch.int64)})
+            targets.append({"boxes": torch.from_numpy(record.boxes).float(),
+                            "labels": torch.tensor([data.category_ids[int(label)] for label in record.labels],
+                                                   dtype=torch.int64),
+                            "iscrowd": torch.from_numpy(record.iscrowd).long(),
+                            "area": torch.from_numpy(record.area).float()})
+        metric.update(preds, targets)
+    results = metric.compute()
+    return {**{key: float(results[key]) for key in MAP_KEYS}, "images": len(records)}
 
 
 def report_path(path: str | os.PathLike) -> Path:
