@@ -162,3 +162,15 @@ def test_the_joint_model_exports_to_litert_with_its_nms_on_the_host(tmp_path):
     assert report["ok"], report
     assert report["detection"]["detections_eager>=0.3"] > 0 and report["detection"]["images_count_equal"] == 3
     assert report["classification"]["max_abs_diff"] <= 1e-4 and report["segmentation"]["max_abs_diff"] <= 1e-4
+
+
+def test_a_missing_runtime_package_is_named_with_its_extra(monkeypatch):
+    import importlib.util as util
+
+    from vision_tasks.export import require
+
+    real = util.find_spec
+    monkeypatch.setattr(util, "find_spec", lambda name, *a: None if name == "litert_torch" else real(name, *a))
+    with pytest.raises(ImportError, match=r"format=tflite needs litert-torch: pip install 'vision-tasks\[litert\]'"):
+        require("tflite")
+    require("pt2")  # nothing to install

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 __all__ = ["DETECTION_OUTPUTS", "FORMATS", "DetectionCandidates", "DetectionPostprocess", "ExportableDetector",
            "ExportableMultiTask", "check_export", "evaluate_detections", "export_litert", "export_model", "export_onnx",
            "export_program", "exportable", "input_size", "int8_path", "load_check_images", "quantize_litert",
-           "quantize_onnx", "read_metadata", "select_detections", "task_of"]
+           "quantize_onnx", "read_metadata", "require", "select_detections", "task_of"]
 
 FORMATS: dict[str, str] = {"onnx": ".onnx", "pt2": ".pt2", "tflite": ".tflite"}
 DETECTION_OUTPUTS = ("boxes", "scores", "labels", "num_detections")
@@ -373,6 +373,22 @@ def _metadata(model: nn.Module, task: str, size: tuple[int, int], fmt: str,
     return meta
 
 
+# what each format (and its int8 step) imports, and the extra of pyproject.toml that installs it
+REQUIREMENTS = {"onnx": (("onnx", "onnxscript", "onnxruntime"), "export"),
+                "tflite": (("litert_torch", "ai_edge_litert", "ai_edge_quantizer"), "litert"), "pt2": ((), None)}
+
+
+def require(fmt: str) -> None:
+    """Raise an ImportError that says what to install when a package ``fmt`` needs is missing."""
+    import importlib.util
+
+    modules, extra = REQUIREMENTS[fmt]
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(f"format={fmt} needs {', '.join(m.replace('_', '-') for m in missing)}: "
+                          f"pip install 'vision-tasks[{extra}]' (or pip install -e '.[{extra}]' in a checkout)")
+
+
 def _refuse_existing(path: Path) -> None:
     if path.exists():
         raise FileExistsError(f"{path} exists; an export never writes over a file: choose another out= (or remove it)")
@@ -429,6 +445,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, image_size: int | 
     """
     path = Path(path)
     _refuse_existing(path)
+    require("onnx")
     import onnx
 
     module = exportable(model, image_size)
@@ -502,6 +519,7 @@ def quantize_onnx(float_path: str | os.PathLike, out_path: str | os.PathLike, ca
     """
     import tempfile
 
+    require("onnx")
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
@@ -661,6 +679,7 @@ def export_litert(model: nn.Module, path: str | os.PathLike, *, image_size: int 
     """
     path = Path(path)
     _refuse_existing(path)
+    require("tflite")
     with _litert_quiet():
         import litert_torch
 
@@ -697,6 +716,7 @@ def quantize_litert(float_path: str | os.PathLike, out_path: str | os.PathLike, 
     [0, 6] output keeps ~50 of 256 levels; measured with the TF release's classifier on coco128 val, top-1
     agreement with float: 26% through PT2E, 76% with ai-edge-quantizer on the same calibration images.
     """
+    require("tflite")
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_quantizer import calibrator, quantizer
     from ai_edge_quantizer.qtyping import TFLOperationName
@@ -1026,6 +1046,7 @@ def export(cfg: Any) -> Path:
         raise ValueError(f"tools/export.py needs out=FILE (the {FORMATS[fmt]} file to write)")
     if bool(cfg.ckpt_path) == bool(cfg.weights):
         raise ValueError("tools/export.py needs exactly one of ckpt_path=CHECKPOINT or weights=WEIGHT_FILE")
+    require(fmt)  # before the model is loaded: a missing package is said first
     out = Path(str(cfg.out)).expanduser()
     if out.suffix != FORMATS[fmt]:
         out = out.with_name(out.name + FORMATS[fmt])
