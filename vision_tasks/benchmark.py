@@ -156,21 +156,23 @@ NETWORK_ONLY = {"tv_ssdlite320_mobilenet_v3_large": "backbone + head only (its p
 
 
 def prepare(spec: dict[str, Any]) -> dict[str, Any]:
-    """In its own process: the float ONNX (or LiteRT) export of ``spec['model']`` and, if asked, its int8
-    quantization."""
+    """In its own process: the float export of ``spec['model']`` for ``spec['runtime']`` (``onnx``, the default, or
+    ``litert``) and, if asked, its int8 quantization. Ours are exported whole (a detector's decoding and NMS, the
+    joint model's three heads); torchvision's peers, ONNX only, as their networks (:class:`_Network`)."""
     import torch
 
-    from .export import _dynamic_batch, _example, _quiet, export_onnx, exportable, quantize_onnx
+    from .export import (_dynamic_batch, _example, _quiet, export_litert, export_onnx, exportable, quantize_litert,
+                         quantize_onnx)
 
     torch.set_num_threads(spec["threads"])
-    name, size = spec["model"], spec["size"]
+    name, size, runtime = spec["model"], spec["size"], spec.get("runtime", "onnx")
     model = build(name, size, spec["width"])
-    if spec.get("runtime") == "litert":
-        return _prepare_litert(spec, name, size, model)
-    float_path, int8_path = Path(spec["onnx"]), Path(spec["onnx_int8"])
+    float_path, int8_path = Path(spec[runtime]), Path(spec[f"{runtime}_int8"])
     start = time.perf_counter()
-    if name in OURS.values():  # the whole inference (a detector's decoding and NMS; the joint model's three heads)
-        export_onnx(exportable(model, size), float_path, image_size=size)
+    if name in OURS.values():
+        (export_onnx if runtime == "onnx" else export_litert)(exportable(model, size), float_path, image_size=size)
+    elif runtime != "onnx":
+        raise ValueError(f"{name}: the {runtime} paths are for our models (torchvision's peers run eager and ONNX)")
     else:
         import onnx
 
@@ -183,33 +185,7 @@ def prepare(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("int8"):
         start = time.perf_counter()
         calibration = torch.rand(spec["calibration"], 3, size, size, generator=torch.Generator().manual_seed(SEED + 1))
-        quantize_onnx(float_path, int8_path, calibration)
-        result["quantize_s"] = time.perf_counter() - start
-    return result
-
-
-def _prepare_litert(spec: dict[str, Any], name: str, size: int, model) -> dict[str, Any]:
-    import torch
-
-    from .export import _example, _litert_quiet, _quiet, export_litert, exportable, quantize_litert
-    from .files import atomic_write
-
-    float_path, int8_path = Path(spec["litert"]), Path(spec["litert_int8"])
-    start = time.perf_counter()
-    if name in OURS.values():
-        export_litert(exportable(model, size), float_path, image_size=size)
-    else:
-        import litert_torch
-
-        module = _Network.wrap(name, model)
-        with torch.no_grad(), _quiet(), _litert_quiet():
-            content = litert_torch.convert(module, (_example((size, size), module)[:1],)).model_content()
-        atomic_write(float_path, content)
-    result = {"export_s": time.perf_counter() - start}
-    if spec.get("int8"):
-        start = time.perf_counter()
-        calibration = torch.rand(spec["calibration"], 3, size, size, generator=torch.Generator().manual_seed(SEED + 1))
-        quantize_litert(float_path, int8_path, calibration)
+        (quantize_onnx if runtime == "onnx" else quantize_litert)(float_path, int8_path, calibration)
         result["quantize_s"] = time.perf_counter() - start
     return result
 

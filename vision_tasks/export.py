@@ -196,7 +196,6 @@ class ExportableDetector(nn.Module):
         self.image_size = input_size(model, image_size)
         anchors = _anchors(model, self.image_size, lambda m, x: m.forward_head(x))
         self.post = DetectionPostprocess(model, anchors, self.image_size, candidates_per_image)
-        self.num_classes, self.detections_per_img = self.post.num_classes, self.post.detections_per_img
 
     def _head(self, images: Tensor) -> tuple[Tensor, Tensor]:
         model = self.model
@@ -232,7 +231,6 @@ class ExportableMultiTask(nn.Module):
         if model.detection is not None:
             anchors = _anchors(model, self.image_size, lambda m, x: m.forward_heads(x)["detection"])
             self.post = DetectionPostprocess(model.detection, anchors, self.image_size, candidates_per_image)
-            self.detections_per_img = self.post.detections_per_img
 
     def _outputs(self, images: Tensor, detection) -> tuple[Tensor, ...]:
         out = self.model.forward_heads(images)
@@ -810,12 +808,18 @@ def _runner(path: Path, num_threads: int | None = None):
 def load_check_images(folder: str | os.PathLike, size: Sequence[int], limit: int | None = None) -> Tensor:
     """The images of ``folder`` (sorted; at most ``limit``), each resized to ``size`` (H, W) bilinearly, as one
     float batch in [0, 1]."""
+    from .predict import list_images
+
+    return _load_resized(list_images(folder)[:limit], size)
+
+
+def _load_resized(paths: Sequence[str | os.PathLike], size: Sequence[int]) -> Tensor:
+    """The images at ``paths``, each resized to ``size`` (H, W) bilinearly (antialiased), as one float batch in
+    [0, 1]: what the checks and :func:`evaluate_detections` feed an export."""
     import torch.nn.functional as F
 
     from .data import load_rgb
-    from .predict import list_images
 
-    paths = list_images(folder)[:limit]
     batch = []
     for p in paths:
         image = torch.from_numpy(load_rgb(p)).permute(2, 0, 1).float().div(255).unsqueeze(0)
@@ -978,9 +982,6 @@ def evaluate_detections(path: str | os.PathLike, annotation_file: str | os.PathL
     the export's ``category_ids`` (its metadata; ``tools/export.py`` writes them) or, lacking them, as the
     dataset's sorted categories. Returns ``map``, ``map_50``, ... (:data:`~vision_tasks.tasks.detection.MAP_KEYS`)
     and ``images``."""
-    import torch.nn.functional as F
-
-    from .data import load_rgb
     from .data.formats.coco import read_coco
     from .tasks.detection import MAP_KEYS, map_metric
 
@@ -1004,9 +1005,7 @@ def evaluate_detections(path: str | os.PathLike, annotation_file: str | os.PathL
     records = data.records[:limit]
     for start in range(0, len(records), batch_size):
         chunk = records[start:start + batch_size]
-        batch = torch.cat([F.interpolate(torch.from_numpy(load_rgb(r.path)).permute(2, 0, 1).float().div(255)[None],
-                                         size=(height, width), mode="bilinear", align_corners=False, antialias=True)
-                           for r in chunk]).clamp(0, 1)
+        batch = _load_resized([r.path for r in chunk], (height, width))
         boxes, scores, labels, count = run(batch)[first:first + 4]
         preds, targets = [], []
         for i, record in enumerate(chunk):
